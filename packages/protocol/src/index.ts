@@ -1,1 +1,3 @@
 export * from './errors.js';
+export * from './curve.js';
+export * from './protobuf.js';
