@@ -5,7 +5,10 @@
 export type CryptoErrorCode =
   /** An argument had the wrong type or length (a programming error or hostile input). */
   | 'INVALID_ARGUMENT'
-  /** A public key is not acceptable: wrong encoding, or a low-order X25519 point. */
+  /**
+   * A key is not acceptable: a low-order X25519 peer key (all-zero shared secret), a Kyber
+   * public key with out-of-range coefficients, or a Kyber secret key that fails its hash check.
+   */
   | 'INVALID_KEY'
   /** Authenticated decryption failed, or CBC padding was wrong. Deliberately says no more. */
   | 'DECRYPT_FAILED';

@@ -7,7 +7,13 @@
  * and throws a `CryptoError` with a labelled message; no message ever contains key bytes.
  *
  * Byte strings are always `Uint8Array` (a Node `Buffer` is accepted, since it is one);
- * results are always plain `Uint8Array`s the caller owns.
+ * results are always plain `Uint8Array`s the caller owns (possibly views into a buffer
+ * allocated for that result alone, never into shared memory).
+ *
+ * Argument errors: a wrong type, a wrong length of a fixed-length argument (keys, nonces,
+ * IVs, signatures, randomness) or an out-of-range number throws `CryptoError` code
+ * INVALID_ARGUMENT on entry, in every function, including the `verify` functions: "never
+ * throws on a bad signature" below is about the contents of a correctly sized signature.
  */
 
 /** Lengths fixed by the primitives (RFC 7748, RFC 8032, FIPS 197/SP 800-38D, Kyber r3). */
@@ -56,19 +62,25 @@ export interface CryptoBackend {
   /** HMAC-SHA256 over the concatenation of the parts, without copying them together. */
   hmacSha256Parts(key: Uint8Array, parts: readonly Uint8Array[]): Uint8Array;
   hmacSha512(key: Uint8Array, data: Uint8Array): Uint8Array;
-  /** RFC 5869 HKDF-SHA256. An empty `salt` means HashLen zero bytes, as the RFC says. */
+  /**
+   * RFC 5869 HKDF-SHA256. An empty `salt` means HashLen zero bytes, as the RFC says.
+   * `length` is 0..8160 (255 * HashLen, section 2.3); `info` has no length limit.
+   */
   hkdfSha256(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length: number): Uint8Array;
 
   /** AES-256-CBC with PKCS#7 padding. */
   aes256CbcEncrypt(key: Uint8Array, iv: Uint8Array, plaintext: Uint8Array): Uint8Array;
   /** Throws CryptoError code DECRYPT_FAILED on bad padding or a length that is not a multiple of 16. */
   aes256CbcDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): Uint8Array;
-  /** AES-256-GCM; returns ciphertext ‖ 16-byte tag. Nonce is 12 bytes. */
+  /** AES-256-GCM; returns ciphertext ‖ 16-byte tag. Nonce is 12 bytes. An empty `aad` equals none. */
   aes256GcmEncrypt(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad?: Uint8Array): Uint8Array;
-  /** Input is ciphertext ‖ tag. Throws CryptoError code DECRYPT_FAILED when authentication fails. */
+  /**
+   * Input is ciphertext ‖ tag. Throws CryptoError code DECRYPT_FAILED when authentication
+   * fails, including when `sealed` is shorter than a tag (what a truncated message looks like).
+   */
   aes256GcmDecrypt(key: Uint8Array, nonce: Uint8Array, sealed: Uint8Array, aad?: Uint8Array): Uint8Array;
 
-  /** A fresh X25519 key pair (raw 32-byte keys). */
+  /** A fresh X25519 key pair (raw 32-byte keys; the private key is stored clamped, as libsignal does). */
   x25519GenerateKeyPair(): KeyPair;
   /** The public key of a 32-byte private key. */
   x25519PublicKey(privateKey: Uint8Array): Uint8Array;
@@ -92,10 +104,21 @@ export interface CryptoBackend {
   /** Never throws on a bad signature or a malformed public key; returns false. */
   ed25519Verify(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean;
 
-  /** Kyber1024 (round 3, libsignal key type 0x08). `seed` (64 bytes) makes it deterministic. */
+  /**
+   * Kyber1024 (round 3, libsignal key type 0x08). `seed` (64 bytes, FIPS 203's d ‖ z) makes
+   * it deterministic; it follows FIPS 203 key generation, so the same seed does not give
+   * the key pair round-3 reference code would, but every key pair is a valid round-3 one.
+   */
   kyber1024GenerateKeyPair(seed?: Uint8Array): KeyPair;
-  /** `random` (32 bytes) makes it deterministic. */
+  /**
+   * `random` (32 bytes) makes it deterministic, bit-identical to round-3 Kyber with those
+   * coins. Throws INVALID_KEY for a public key with a coefficient >= q (FIPS 203 section 7.2).
+   */
   kyber1024Encapsulate(publicKey: Uint8Array, random?: Uint8Array): KemEncapsulation;
+  /**
+   * Never throws for a bad ciphertext (implicit rejection gives an unrelated secret).
+   * Throws INVALID_KEY for a secret key whose embedded H(ek) is wrong (FIPS 203 section 7.3).
+   */
   kyber1024Decapsulate(secretKey: Uint8Array, ciphertext: Uint8Array): Uint8Array;
 
   /** Constant-time equality; false (not a throw) for different lengths. */
