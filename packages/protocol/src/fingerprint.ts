@@ -28,6 +28,7 @@ import {
   WIRE_LEN,
   WIRE_VARINT,
 } from './protobuf.js';
+import { argError, expectBytes, expectUint32 } from './validate.js';
 
 /** The iteration count Signal's apps use and libsignal's test vectors are made with. */
 export const FINGERPRINT_ITERATIONS = 5200;
@@ -65,20 +66,6 @@ export interface ScannableFingerprint {
   readonly version: number;
   readonly localFingerprint: Uint8Array;
   readonly remoteFingerprint: Uint8Array;
-}
-
-function argError(message: string): never {
-  throw new ProtocolError('INVALID_ARGUMENT', message);
-}
-
-function expectBytes(value: unknown, label: string): asserts value is Uint8Array {
-  if (!(value instanceof Uint8Array)) argError(`"${label}" expected Uint8Array, got ${typeof value}`);
-}
-
-function expectUint32(value: unknown, label: string): asserts value is number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 0xffffffff) {
-    argError(`"${label}" expected an integer in [0, 2^32 - 1], got ${String(value)}`);
-  }
 }
 
 /** One side's 64-byte digest (libsignal's Fingerprint::get_fingerprint). */

@@ -51,7 +51,7 @@ import {
   DISTRIBUTION_ID_LEN,
   emptySenderKeyRecord,
   ensureValidSenderKeyRecord,
-  MAX_UINT32,
+  expectSenderKeyFormat,
   nextSenderChainKey,
   replaceSenderKeyState,
   SENDER_CHAIN_KEY_LEN,
@@ -63,6 +63,7 @@ import {
   type SenderMessageSeed,
   senderMessageSeed,
 } from './sender-key-record.js';
+import { argError, expectBytes, MAX_UINT32 } from './validate.js';
 
 /** Randomness source: returns `length` cryptographically secure random bytes. */
 export type SenderKeyRandom = (length: number) => Uint8Array;
@@ -95,23 +96,6 @@ export interface GroupEncryptResult {
 export interface GroupDecryptResult {
   readonly record: SenderKeyRecord;
   readonly plaintext: Uint8Array;
-}
-
-function argError(message: string): never {
-  throw new ProtocolError('INVALID_ARGUMENT', message);
-}
-
-function expectFormat(value: unknown): asserts value is SenderKeyFormat {
-  if (value !== 'libsignal' && value !== 'qalqon') {
-    argError(`"format" expected 'libsignal' or 'qalqon', got ${String(value)}`);
-  }
-}
-
-function expectBytes(value: unknown, label: string, length?: number): asserts value is Uint8Array {
-  if (!(value instanceof Uint8Array)) argError(`"${label}" expected Uint8Array, got ${typeof value}`);
-  if (length !== undefined && value.length !== length) {
-    argError(`"${label}" expected Uint8Array of length ${length}, got length=${value.length}`);
-  }
 }
 
 function expectRng(rng: unknown): void {
@@ -158,7 +142,7 @@ export function createSenderKeyDistributionMessage(
   record: SenderKeyRecord | undefined,
   rng?: SenderKeyRandom,
 ): SenderKeyDistributionResult {
-  expectFormat(format);
+  expectSenderKeyFormat(format);
   expectBytes(distributionId, 'distributionId', DISTRIBUTION_ID_LEN);
   expectRng(rng);
   let current = record === undefined ? emptySenderKeyRecord(distributionId) : record;
@@ -221,7 +205,7 @@ export function processSenderKeyDistributionMessage(
   record: SenderKeyRecord | undefined,
   message: Uint8Array,
 ): SenderKeyRecord {
-  expectFormat(format);
+  expectSenderKeyFormat(format);
   expectBytes(message, 'message');
   if (record !== undefined) ensureValidSenderKeyRecord(record);
   const skdm = parseSenderKeyDistributionMessage(format, message);
@@ -271,7 +255,7 @@ export function groupEncrypt(
   plaintext: Uint8Array,
   rng?: SenderKeyRandom,
 ): GroupEncryptResult {
-  expectFormat(format);
+  expectSenderKeyFormat(format);
   ensureValidSenderKeyRecord(record);
   expectBytes(plaintext, 'plaintext');
   expectRng(rng);
@@ -383,7 +367,7 @@ export function groupDecrypt(
   record: SenderKeyRecord | undefined,
   message: Uint8Array,
 ): GroupDecryptResult {
-  expectFormat(format);
+  expectSenderKeyFormat(format);
   expectBytes(message, 'message');
   if (record !== undefined) ensureValidSenderKeyRecord(record);
   const skm = parseSenderKeyMessage(format, message);

@@ -37,11 +37,12 @@ import {
 } from './protobuf.js';
 import {
   DISTRIBUTION_ID_LEN,
-  MAX_UINT32,
+  expectSenderKeyFormat,
   SENDER_CHAIN_KEY_LEN,
   SENDER_SIGNING_PRIVATE_KEY_LEN,
   type SenderKeyFormat,
 } from './sender-key-record.js';
+import { argError, expectBytes, expectUint32 } from './validate.js';
 
 /**
  * libsignal's sender-key version byte: (message version 3 << 4) | current version 3
@@ -100,29 +101,6 @@ export interface SenderKeyDistributionMessage {
 
 const SKM_SPEC = { 1: WIRE_LEN, 2: WIRE_VARINT, 3: WIRE_VARINT, 4: WIRE_LEN } as const;
 const SKDM_SPEC = { 1: WIRE_LEN, 2: WIRE_VARINT, 3: WIRE_VARINT, 4: WIRE_LEN, 5: WIRE_LEN } as const;
-
-function argError(message: string): never {
-  throw new ProtocolError('INVALID_ARGUMENT', message);
-}
-
-function expectBytes(value: unknown, label: string, length?: number): asserts value is Uint8Array {
-  if (!(value instanceof Uint8Array)) argError(`"${label}" expected Uint8Array, got ${typeof value}`);
-  if (length !== undefined && value.length !== length) {
-    argError(`"${label}" expected Uint8Array of length ${length}, got length=${value.length}`);
-  }
-}
-
-function expectUint32(value: unknown, label: string): asserts value is number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_UINT32) {
-    argError(`"${label}" expected an integer in [0, 2^32 - 1], got ${String(value)}`);
-  }
-}
-
-function expectFormat(value: unknown): asserts value is SenderKeyFormat {
-  if (value !== 'libsignal' && value !== 'qalqon') {
-    argError(`"format" expected 'libsignal' or 'qalqon', got ${String(value)}`);
-  }
-}
 
 function invalid(what: string): never {
   throw new ProtocolError('INVALID_MESSAGE', `malformed sender-key message: ${what}`);
@@ -185,7 +163,7 @@ export function serializeSenderKeyMessage(
   random?: Uint8Array,
 ): Uint8Array {
   if (typeof fields !== 'object' || fields === null) argError('"fields" expected SenderKeyMessageFields');
-  expectFormat(fields.format);
+  expectSenderKeyFormat(fields.format);
   expectBytes(fields.distributionId, 'fields.distributionId', DISTRIBUTION_ID_LEN);
   expectUint32(fields.chainId, 'fields.chainId');
   expectUint32(fields.iteration, 'fields.iteration');
@@ -221,7 +199,7 @@ export function serializeSenderKeyMessage(
  * or UNSUPPORTED_VERSION (any other version byte, including the other format's).
  */
 export function parseSenderKeyMessage(format: SenderKeyFormat, bytes: Uint8Array): SenderKeyMessage {
-  expectFormat(format);
+  expectSenderKeyFormat(format);
   expectBytes(bytes, 'bytes');
   if (format === 'libsignal') {
     // libsignal: CiphertextMessageTooShort below 1 + 64 bytes, then the version checks.
@@ -280,7 +258,7 @@ export function serializeSenderKeyDistributionMessage(
 ): Uint8Array {
   if (typeof message !== 'object' || message === null)
     argError('"message" expected SenderKeyDistributionMessage');
-  expectFormat(message.format);
+  expectSenderKeyFormat(message.format);
   expectBytes(message.distributionId, 'message.distributionId', DISTRIBUTION_ID_LEN);
   expectUint32(message.chainId, 'message.chainId');
   expectUint32(message.iteration, 'message.iteration');
@@ -337,7 +315,7 @@ export function parseSenderKeyDistributionMessage(
   format: SenderKeyFormat,
   bytes: Uint8Array,
 ): SenderKeyDistributionMessage {
-  expectFormat(format);
+  expectSenderKeyFormat(format);
   expectBytes(bytes, 'bytes');
   if (format === 'libsignal') {
     // libsignal: at least a version byte, an X25519 key and a chain key.

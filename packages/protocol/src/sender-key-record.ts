@@ -20,6 +20,7 @@
 import { constantTimeEqual, hmacSha256, sha256, x25519PublicKey } from '@qalqon/crypto';
 import { parseCurveKey, SERIALIZED_CURVE_KEY_LEN } from './curve.js';
 import { ProtocolError } from './errors.js';
+import { argError, expectBytes, expectUint32 } from './validate.js';
 
 /**
  * The two wire formats that share this chain. `libsignal` is libsignal's version-3
@@ -28,6 +29,14 @@ import { ProtocolError } from './errors.js';
  * one of them, fixed when it is created, so a message can never be read in the other.
  */
 export type SenderKeyFormat = 'libsignal' | 'qalqon';
+
+export function expectSenderKeyFormat(value: unknown): asserts value is SenderKeyFormat {
+  if (value !== 'libsignal' && value !== 'qalqon') {
+    argError(
+      `"format" expected 'libsignal' or 'qalqon', got ${typeof value === 'string' ? value : typeof value}`,
+    );
+  }
+}
 
 /** Length of a sender chain key and of a message seed (HMAC-SHA256 output). */
 export const SENDER_CHAIN_KEY_LEN = 32;
@@ -42,7 +51,6 @@ export const SENDER_KEY_MAX_MESSAGE_KEYS = 2000;
 /** How far ahead of the chain a message may be (libsignal MAX_FORWARD_JUMPS). */
 export const SENDER_KEY_MAX_FORWARD_JUMPS = 25_000;
 /** Chain ids and iterations are uint32 on the wire. */
-export const MAX_UINT32 = 0xffffffff;
 
 /** The seed of a message key the receiver skipped over and may still need. */
 export interface SenderMessageSeed {
@@ -75,23 +83,6 @@ export interface SenderKeyRecord {
 
 const MESSAGE_KEY_SEED_LABEL = Uint8Array.of(0x01);
 const CHAIN_KEY_SEED_LABEL = Uint8Array.of(0x02);
-
-function argError(message: string): never {
-  throw new ProtocolError('INVALID_ARGUMENT', message);
-}
-
-function expectBytes(value: unknown, label: string, length?: number): asserts value is Uint8Array {
-  if (!(value instanceof Uint8Array)) argError(`"${label}" expected Uint8Array, got ${typeof value}`);
-  if (length !== undefined && value.length !== length) {
-    argError(`"${label}" expected Uint8Array of length ${length}, got length=${value.length}`);
-  }
-}
-
-function expectUint32(value: unknown, label: string): asserts value is number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > MAX_UINT32) {
-    argError(`"${label}" expected an integer in [0, 2^32 - 1], got ${String(value)}`);
-  }
-}
 
 function expectFormat(value: unknown, label = 'format'): asserts value is SenderKeyFormat {
   if (value !== 'libsignal' && value !== 'qalqon') {
