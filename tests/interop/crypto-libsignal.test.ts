@@ -445,7 +445,12 @@ describe.each(LIBS)('@qalqon/crypto against libsignal %s', (_version, lib) => {
       }
     });
 
-    it.runIf(lib === L090)(
+    // Only 0.90 can show this direction: its bindings expose no decapsulate, so the proof
+    // is a PreKeySignalMessage it accepts, and 0.103 refuses any initiator without the
+    // SPQR ratchet (its message keys are salted with SPQR output) before that proves
+    // anything. Kyber is the same primitive in both versions; the other direction is
+    // proven above on both.
+    (lib === L090 ? it : it.skip)(
       'is decapsulated by libsignal (PQXDH initiated by us to libsignal’s KEMKeyPair)',
       async () => {
         // Bob is libsignal, with its own identity, signed prekey and Kyber key pair.
