@@ -1,0 +1,92 @@
+/**
+ * The error codes a client can receive from the server, in an HTTP error body
+ * (`{"error":{"code","message"}}`) or a WebSocket `error` frame. docs/errors.md lists the
+ * same codes (tests/error-registry.test.ts keeps the two in step). Authentication failures
+ * are one code whichever check failed.
+ */
+export type WireErrorCode =
+  /** The body or frame is not valid JSON or does not match its schema. */
+  | 'BAD_REQUEST'
+  /** The body or frame exceeds its size limit. */
+  | 'PAYLOAD_TOO_LARGE'
+  /** The request has a content type other than application/json. */
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  /** No such route (or method). */
+  | 'NOT_FOUND'
+  /** Missing, unknown or expired session token, or a failed challenge signature. */
+  | 'UNAUTHENTICATED'
+  /** Authenticated, but not allowed to do this. */
+  | 'FORBIDDEN'
+  /** Too many attempts: `retryAfterMs` says when to try again. */
+  | 'RATE_LIMITED'
+  /** A prekey signature does not verify against the identity key. */
+  | 'INVALID_SIGNATURE'
+  /** The enrolment code is unknown, expired or used (deliberately not saying which). */
+  | 'ENROLMENT_CODE_INVALID'
+  /** The link code is unknown, expired, used, or not yet approved. */
+  | 'LINK_CODE_INVALID'
+  /** A linked device's identity key is not the user's. */
+  | 'IDENTITY_KEY_MISMATCH'
+  /** No such user. */
+  | 'USER_NOT_FOUND'
+  /** A user of that name already exists. */
+  | 'USER_EXISTS'
+  /** No such device. */
+  | 'DEVICE_NOT_FOUND'
+  /** The user already has the maximum number of devices. */
+  | 'TOO_MANY_DEVICES'
+  /** A one-time prekey id is already stored or repeated. */
+  | 'PREKEY_EXISTS'
+  /** The upload would exceed the per-device one-time prekey limit. */
+  | 'TOO_MANY_PREKEYS'
+  /** An envelope body exceeds the size limit. */
+  | 'ENVELOPE_TOO_LARGE'
+  /** A recipient's queue is at its count or byte limit. */
+  | 'MAILBOX_FULL'
+  /** The server is shutting down: reconnect later. */
+  | 'UNAVAILABLE'
+  /** Something failed inside the server. The message says nothing more. */
+  | 'INTERNAL';
+
+export const WIRE_ERROR_CODES: readonly WireErrorCode[] = [
+  'BAD_REQUEST',
+  'PAYLOAD_TOO_LARGE',
+  'UNSUPPORTED_MEDIA_TYPE',
+  'NOT_FOUND',
+  'UNAUTHENTICATED',
+  'FORBIDDEN',
+  'RATE_LIMITED',
+  'INVALID_SIGNATURE',
+  'ENROLMENT_CODE_INVALID',
+  'LINK_CODE_INVALID',
+  'IDENTITY_KEY_MISMATCH',
+  'USER_NOT_FOUND',
+  'USER_EXISTS',
+  'DEVICE_NOT_FOUND',
+  'TOO_MANY_DEVICES',
+  'PREKEY_EXISTS',
+  'TOO_MANY_PREKEYS',
+  'ENVELOPE_TOO_LARGE',
+  'MAILBOX_FULL',
+  'UNAVAILABLE',
+  'INTERNAL',
+];
+
+/** A coded error as a client SDK raises it, built from an error body or frame. */
+export class WireError extends Error {
+  readonly code: WireErrorCode;
+  /** HTTP status when it came from an HTTP response. */
+  readonly status: number | undefined;
+  readonly retryAfterMs: number | undefined;
+  constructor(code: WireErrorCode, message: string, options?: { status?: number; retryAfterMs?: number }) {
+    super(message);
+    this.name = 'WireError';
+    this.code = code;
+    this.status = options?.status;
+    this.retryAfterMs = options?.retryAfterMs;
+  }
+}
+
+export function isWireError(err: unknown, code?: WireErrorCode): err is WireError {
+  return err instanceof WireError && (code === undefined || err.code === code);
+}

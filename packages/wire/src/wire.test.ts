@@ -1,0 +1,121 @@
+/** The wire contract: strict base64, schema refusals, limits, and the auth message layout. */
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { base64Length, decodeBase64, encodeBase64 } from './base64.js';
+import { WIRE_ERROR_CODES } from './errors.js';
+import { AckFrame, ClientFrame, ServerFrame } from './frames.js';
+import { EnrolRequest, ErrorResponse, SendRequest } from './http.js';
+import { AUTH_SIGNATURE_DOMAIN, authChallengeMessage, MAX_ENVELOPE_BYTES, MAX_SEND_BATCH } from './limits.js';
+
+const b64 = (b: Uint8Array) => Buffer.from(b).toString('base64');
+
+describe('base64', () => {
+  it('round-trips and matches Node for any bytes', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+        const s = encodeBase64(bytes);
+        expect(s).toBe(b64(bytes));
+        expect(s.length).toBe(base64Length(bytes.length));
+        expect(decodeBase64(s)).toEqual(bytes);
+      }),
+    );
+  });
+
+  it('refuses every non-canonical spelling', () => {
+    for (const s of [
+      'A',
+      'AA',
+      'AAA',
+      'AA=',
+      'A===',
+      'AB==',
+      'AAB=',
+      'QQ=A',
+      'QQ==QQ==',
+      'Q Q=',
+      'QQ\n==',
+      '-_-_',
+      'QUJD\u00e9',
+    ]) {
+      expect(decodeBase64(s), JSON.stringify(s)).toBeUndefined();
+    }
+    expect(decodeBase64('')).toEqual(new Uint8Array(0));
+    expect(decodeBase64('QQ==')).toEqual(Uint8Array.of(0x41));
+  });
+});
+
+describe('schemas', () => {
+  const id = 'a'.repeat(32);
+  it('decodes binary fields and checks their length and type byte', () => {
+    const ok = SendRequest.parse({ messages: [{ recipientUserId: id, recipientDeviceId: 1, body: 'aGk=' }] });
+    expect(ok.messages[0]!.body).toEqual(new TextEncoder().encode('hi'));
+    const bad = [
+      { messages: [] },
+      {
+        messages: Array(MAX_SEND_BATCH + 1).fill({ recipientUserId: id, recipientDeviceId: 1, body: 'aGk=' }),
+      },
+      { messages: [{ recipientUserId: id, recipientDeviceId: 0, body: 'aGk=' }] },
+      { messages: [{ recipientUserId: id.toUpperCase(), recipientDeviceId: 1, body: 'aGk=' }] },
+      { messages: [{ recipientUserId: id, recipientDeviceId: 1, body: '' }] },
+      {
+        messages: [
+          { recipientUserId: id, recipientDeviceId: 1, body: b64(new Uint8Array(MAX_ENVELOPE_BYTES + 1)) },
+        ],
+      },
+      { messages: [{ recipientUserId: id, recipientDeviceId: 1, body: 'aGk=', extra: 1 }] },
+      { messages: [{ recipientUserId: id, recipientDeviceId: 1.5, body: 'aGk=' }] },
+    ];
+    for (const b of bad) expect(SendRequest.safeParse(b).success).toBe(false);
+  });
+
+  it('refuses keys of the wrong length or type byte', () => {
+    const key = (type: number, len: number) => {
+      const k = new Uint8Array(len);
+      k[0] = type;
+      return b64(k);
+    };
+    const device = (identityKey: string) => ({
+      code: 'c'.repeat(20),
+      device: {
+        name: 'n',
+        registrationId: 1,
+        identityKey,
+        authKey: key(5, 33),
+        signedPrekey: { id: 1, publicKey: key(5, 33), signature: b64(new Uint8Array(64)) },
+        kyberPrekey: { id: 1, publicKey: key(8, 1569), signature: b64(new Uint8Array(64)) },
+        oneTimePrekeys: [],
+      },
+    });
+    expect(EnrolRequest.safeParse(device(key(5, 33))).success).toBe(true);
+    expect(EnrolRequest.safeParse(device(key(8, 33))).success).toBe(false);
+    expect(EnrolRequest.safeParse(device(key(5, 32))).success).toBe(false);
+    expect(EnrolRequest.safeParse(device(key(5, 34))).success).toBe(false);
+  });
+
+  it('frames are a closed set', () => {
+    expect(ClientFrame.safeParse({ type: 'ping' }).success).toBe(true);
+    expect(ClientFrame.safeParse({ type: 'pong' }).success).toBe(false);
+    expect(ClientFrame.safeParse({ type: 'ack', ids: [] }).success).toBe(false);
+    expect(AckFrame.safeParse({ type: 'ack', ids: ['0'.repeat(32)] }).success).toBe(true);
+    expect(ServerFrame.safeParse({ type: 'error', code: 'NOPE', message: '' }).success).toBe(false);
+    for (const code of WIRE_ERROR_CODES) {
+      expect(ErrorResponse.safeParse({ error: { code, message: 'm' } }).success).toBe(true);
+    }
+  });
+});
+
+describe('authChallengeMessage', () => {
+  it('is domain ‖ 0 ‖ challenge ‖ userId ‖ deviceId (uint32 BE), with labelled argument checks', () => {
+    const challenge = new Uint8Array(32).fill(9);
+    const m = authChallengeMessage(challenge, 'f'.repeat(32), 0x01020304);
+    const domain = new TextEncoder().encode(AUTH_SIGNATURE_DOMAIN);
+    expect(m.subarray(0, domain.length)).toEqual(domain);
+    expect(m[domain.length]).toBe(0);
+    expect(m.subarray(domain.length + 1, domain.length + 33)).toEqual(challenge);
+    expect(new TextDecoder().decode(m.subarray(domain.length + 33, domain.length + 65))).toBe('f'.repeat(32));
+    expect([...m.subarray(-4)]).toEqual([1, 2, 3, 4]);
+    expect(() => authChallengeMessage(new Uint8Array(31), 'f'.repeat(32), 1)).toThrow(/"challenge"/);
+    expect(() => authChallengeMessage(challenge, 'F'.repeat(32), 1)).toThrow(/"userId"/);
+    expect(() => authChallengeMessage(challenge, 'f'.repeat(32), 0)).toThrow(/"deviceId"/);
+  });
+});
