@@ -1,0 +1,276 @@
+/**
+ * The `qalqon` command (SPEC section 3): `server init|start` and `admin ...` for now; the
+ * client commands arrive with the client SDK. Rules every command keeps: with `--json` it
+ * prints one JSON object (or JSON lines for a stream) and nothing else on stdout; errors go
+ * to stderr as one sentence; exit 1 for a refused operation, 2 for bad usage; secrets are
+ * never printed except enrolment codes, which these commands exist to print.
+ */
+import { parseArgs } from 'node:util';
+import { type InitResult, initDataDir, isServerError, runServer } from '@qalqon/server';
+import { type AdminRequestJson, isWireError } from '@qalqon/wire';
+import { adminRequest } from './admin-client.js';
+import { type CliIo, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError } from './io.js';
+
+export const USAGE = `usage:
+  qalqon server init  --data DIR [--hostname NAME] [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--kms local] [--json]
+  qalqon server start --data DIR [--listen HOST:PORT] [--hostname NAME] [--json]
+  qalqon admin --data DIR user add NAME [--role ROLE ...] [--json]
+  qalqon admin --data DIR user code NAME [--json]
+  qalqon admin --data DIR user list [--json]
+  qalqon admin --data DIR user remove NAME [--json]
+  qalqon admin --data DIR device list NAME [--json]
+  qalqon admin --data DIR device remove NAME DEVICE_ID [--json]
+`;
+
+const OPTIONS = {
+  data: { type: 'string' },
+  hostname: { type: 'string' },
+  listen: { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  kms: { type: 'string' },
+  role: { type: 'string', multiple: true },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Values = {
+  data?: string;
+  hostname?: string;
+  listen?: string;
+  'tls-cert'?: string;
+  'tls-key'?: string;
+  kms?: string;
+  role?: string[];
+  json?: boolean;
+  help?: boolean;
+};
+
+export interface RunHooks {
+  /** Resolves when the running server should stop (default: SIGINT or SIGTERM). */
+  readonly stopSignal?: () => Promise<string>;
+}
+
+function waitForSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (sig: string) => {
+      process.off('SIGINT', on);
+      process.off('SIGTERM', on);
+      resolve(sig);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+  });
+}
+
+function need(values: Values, name: 'data'): string {
+  const v = values[name];
+  if (v === undefined || v === '') throw new UsageError(`--${name} is required`);
+  return v;
+}
+
+function exactly(positionals: string[], n: number, what: string): void {
+  if (positionals.length !== n) throw new UsageError(`expected ${what}`);
+}
+
+function printInit(io: CliIo, r: InitResult, json: boolean): void {
+  if (json) {
+    io.stdout(
+      `${JSON.stringify({
+        dataDir: r.dataDir,
+        hostname: r.hostname,
+        listen: r.listen,
+        pin: r.pin,
+        user: r.adminUser,
+        enrollmentCode: r.enrollmentCode,
+        expiresAt: r.enrollmentCodeExpiresAt,
+      })}\n`,
+    );
+    return;
+  }
+  io.stdout(
+    `Initialised ${r.dataDir} for ${r.hostname}.\n` +
+      `TLS certificate pin: ${r.pin}\n` +
+      `One-time enrolment code for user "${r.adminUser}" (valid until ${new Date(r.enrollmentCodeExpiresAt).toISOString()}): ${r.enrollmentCode}\n`,
+  );
+}
+
+async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: RunHooks): Promise<number> {
+  const [sub, ...args] = rest;
+  const json = values.json === true;
+  if (sub === 'init') {
+    exactly(args, 0, 'no arguments after "server init"');
+    if ((values['tls-cert'] === undefined) !== (values['tls-key'] === undefined)) {
+      throw new UsageError('--tls-cert and --tls-key go together');
+    }
+    if (values.kms === 'pkcs11') {
+      throw new RefusedError(
+        'UNSUPPORTED',
+        'the pkcs11 KMS is not available in this version; use --kms local',
+      );
+    }
+    if (values.kms !== undefined && values.kms !== 'local')
+      throw new UsageError('--kms must be local or pkcs11');
+    const r = await initDataDir({
+      dataDir: need(values, 'data'),
+      ...(values.hostname === undefined ? {} : { hostname: values.hostname }),
+      ...(values.listen === undefined ? {} : { listen: values.listen }),
+      ...(values['tls-cert'] === undefined ? {} : { tlsCertFile: values['tls-cert'] }),
+      ...(values['tls-key'] === undefined ? {} : { tlsKeyFile: values['tls-key'] }),
+    });
+    printInit(io, r, json);
+    return EXIT_OK;
+  }
+  if (sub === 'start') {
+    exactly(args, 0, 'no arguments after "server start"');
+    const dataDir = need(values, 'data');
+    const server = await runServer({
+      dataDir,
+      ...(values.listen === undefined ? {} : { listen: values.listen }),
+      ...(values.hostname === undefined ? {} : { hostname: values.hostname }),
+      log: (line) => io.stderr(`${line}\n`),
+    });
+    const stop = (hooks.stopSignal ?? waitForSignal)();
+    if (json) {
+      io.stdout(
+        `${JSON.stringify({
+          listening: server.url,
+          pin: server.pin,
+          dataDir: server.init?.dataDir ?? dataDir,
+          adminSocket: server.adminSocket,
+          ...(server.init ? { user: server.init.adminUser, enrollmentCode: server.init.enrollmentCode } : {}),
+        })}\n`,
+      );
+    } else {
+      if (server.init) io.stdout(`Initialised ${server.init.dataDir} for ${server.init.hostname}.\n`);
+      io.stdout(
+        `Qalqon server listening on ${server.url} (TLS 1.3 only)\n` +
+          `TLS certificate pin: ${server.pin}\n` +
+          (server.init
+            ? `Enrol the first administrator: qalqon enroll --server ${server.url} --pin ${server.pin} --code ${server.init.enrollmentCode} --profile DIR\n`
+            : '') +
+          `Add a user and get their enrolment code: qalqon admin --data ${dataDir} user add NAME\n` +
+          'Stop with Ctrl-C (SIGINT) or SIGTERM.\n',
+      );
+    }
+    const sig = await stop;
+    io.stderr(`${sig}: shutting down\n`);
+    await server.close();
+    return EXIT_OK;
+  }
+  throw new UsageError(`unknown command "server ${sub ?? ''}"`.trimEnd());
+}
+
+function adminBody(rest: string[]): AdminRequestJson {
+  const [area, verb, ...args] = rest;
+  const key = `${area ?? ''} ${verb ?? ''}`.trim();
+  switch (key) {
+    case 'user add':
+      exactly(args, 1, 'a user name: user add NAME');
+      return { op: 'user.add', name: args[0]! };
+    case 'user code':
+      exactly(args, 1, 'a user name: user code NAME');
+      return { op: 'user.code', name: args[0]! };
+    case 'user list':
+      exactly(args, 0, 'no arguments after "user list"');
+      return { op: 'user.list' };
+    case 'user remove':
+      exactly(args, 1, 'a user name: user remove NAME');
+      return { op: 'user.remove', name: args[0]! };
+    case 'device list':
+      exactly(args, 1, 'a user name: device list NAME');
+      return { op: 'device.list', name: args[0]! };
+    case 'device remove': {
+      exactly(args, 2, 'a user name and device id: device remove NAME DEVICE_ID');
+      const id = args[1]!;
+      if (!/^[1-9][0-9]{0,9}$/.test(id)) throw new UsageError('DEVICE_ID must be a positive integer');
+      return { op: 'device.remove', name: args[0]!, deviceId: Number(id) };
+    }
+    default:
+      throw new UsageError(`unknown command "admin ${key}"`.trimEnd());
+  }
+}
+
+function printAdmin(io: CliIo, op: AdminRequestJson['op'], r: Record<string, unknown>, json: boolean): void {
+  if (json) {
+    io.stdout(`${JSON.stringify(r)}\n`);
+    return;
+  }
+  switch (op) {
+    case 'user.add':
+    case 'user.code':
+      io.stdout(
+        `One-time enrolment code for user "${String(r.user)}" (valid until ${new Date(Number(r.expiresAt)).toISOString()}): ${String(r.enrollmentCode)}\n`,
+      );
+      return;
+    case 'user.list':
+      for (const u of r.users as { name: string; roles: string[]; enrolled: boolean; devices: number }[]) {
+        io.stdout(
+          `${u.name}\troles=${u.roles.join(',') || '-'}\t${u.enrolled ? 'enrolled' : 'not enrolled'}\tdevices=${u.devices}\n`,
+        );
+      }
+      return;
+    case 'device.list':
+      for (const d of r.devices as { deviceId: number; name: string; oneTimePrekeys: number }[]) {
+        io.stdout(`${d.deviceId}\t${d.name}\tone-time prekeys=${d.oneTimePrekeys}\n`);
+      }
+      return;
+    case 'user.remove':
+      io.stdout(`Removed user "${String(r.user)}".\n`);
+      return;
+    case 'device.remove':
+      io.stdout(`Removed device ${String(r.deviceId)} of user "${String(r.user)}".\n`);
+      return;
+  }
+}
+
+/** Runs one `qalqon` invocation and returns its exit status. */
+export async function run(argv: readonly string[], io: CliIo, hooks: RunHooks = {}): Promise<number> {
+  try {
+    let parsed: { values: Values; positionals: string[] };
+    try {
+      parsed = parseArgs({ args: [...argv], options: OPTIONS, allowPositionals: true, strict: true }) as {
+        values: Values;
+        positionals: string[];
+      };
+    } catch (err) {
+      // parseArgs names the offending option; keep its first sentence.
+      throw new UsageError((err as Error).message.split('\n')[0]!.replace(/\.$/, ''));
+    }
+    const { values, positionals } = parsed;
+    if (values.help) {
+      io.stdout(USAGE);
+      return EXIT_OK;
+    }
+    const [command, ...rest] = positionals;
+    if (command === 'server') return await serverCommand(io, values, rest, hooks);
+    if (command === 'admin') {
+      const dataDir = need(values, 'data');
+      const body = adminBody(rest);
+      if (body.op === 'user.add' && values.role) Object.assign(body, { roles: values.role });
+      else if (values.role) throw new UsageError('--role applies to "user add" only');
+      const r = await adminRequest(dataDir, body);
+      printAdmin(io, body.op, r, values.json === true);
+      return EXIT_OK;
+    }
+    throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      io.stderr(`qalqon: ${err.message}.\n${USAGE}`);
+      return EXIT_USAGE;
+    }
+    if (err instanceof RefusedError || isServerError(err) || isWireError(err)) {
+      io.stderr(`qalqon: ${(err as Error).message.replace(/\.$/, '')}.\n`);
+      return EXIT_REFUSED;
+    }
+    const sys = err as NodeJS.ErrnoException;
+    if (typeof sys?.code === 'string' && typeof sys.syscall === 'string') {
+      // An operating-system refusal (address in use, permission denied): name it, nothing more.
+      io.stderr(`qalqon: ${sys.syscall} failed with ${sys.code}.\n`);
+      return EXIT_REFUSED;
+    }
+    // Unexpected: say so without internals (a stack could carry paths or worse).
+    io.stderr(`qalqon: an unexpected error occurred (${err instanceof Error ? err.name : 'error'}).\n`);
+    return EXIT_REFUSED;
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * The one error type of the server package. Every refusal carries a code from the closed
+ * union below; docs/errors.md lists the same codes (tests/error-registry.test.ts keeps the
+ * two in step). Messages name the argument or record and what was wrong; they never
+ * contain key bytes, wrapped keys, enrolment codes or message bodies, so any message may
+ * be logged.
+ */
+export type ServerErrorCode =
+  /** An argument had the wrong type, length or range (a programming error or hostile input). */
+  | 'INVALID_ARGUMENT'
+  /** The KMS master-key file is readable or writable by group/others, not a regular file, or not ours. */
+  | 'KMS_KEY_FILE_INSECURE'
+  /** The KMS master-key file is missing, malformed, or already exists when creating one. */
+  | 'KMS_KEY_FILE_INVALID'
+  /** A wrapped key names a KEK version this KMS does not hold (destroyed, or another KMS). */
+  | 'KMS_KEY_NOT_FOUND'
+  /** An operation would destroy the KEK version that new keys are wrapped with. */
+  | 'KMS_KEY_ACTIVE'
+  /** A wrapped key failed authentication: corrupted, tampered with, or bound to another context. */
+  | 'KMS_UNWRAP_FAILED'
+  /** The wrapped data-key file is malformed. */
+  | 'DEK_FILE_INVALID'
+  /** No data key of that name is registered. */
+  | 'DEK_NOT_FOUND'
+  /** The encrypted database could not be opened: wrong key, or not a Qalqon database. */
+  | 'DATABASE_UNREADABLE'
+  /** The database was migrated by a newer server than this one. */
+  | 'SCHEMA_TOO_NEW'
+  /** A sealed field failed authentication: tampered with, moved between rows, or sealed under another key. */
+  | 'UNSEAL_FAILED'
+  /** A storage or KMS object was used after close(). */
+  | 'CLOSED'
+  /** A user of that name already exists. */
+  | 'USER_EXISTS'
+  /** No such user. */
+  | 'USER_NOT_FOUND'
+  /** No such device. */
+  | 'DEVICE_NOT_FOUND'
+  /** The user already has the maximum number of devices. */
+  | 'TOO_MANY_DEVICES'
+  /** A linked device's identity key differs from the user's. */
+  | 'IDENTITY_KEY_MISMATCH'
+  /** An enrolment code is unknown, expired or already used. Deliberately says no more. */
+  | 'ENROLMENT_CODE_INVALID'
+  /** A one-time prekey id is already stored for the device (or repeated in one upload). */
+  | 'PREKEY_EXISTS'
+  /** Storing the prekeys would exceed the per-device limit. */
+  | 'TOO_MANY_PREKEYS'
+  /** An envelope body exceeds the size limit. */
+  | 'ENVELOPE_TOO_LARGE'
+  /** A recipient's mailbox is at its message-count or byte limit. */
+  | 'MAILBOX_FULL'
+  /** The TLS certificate or key is unreadable, malformed, or the two do not match. */
+  | 'TLS_INVALID'
+  /** `init` found a data directory that is already initialised (or half-initialised). */
+  | 'ALREADY_INITIALISED'
+  /** The data directory's config file is missing, malformed, or names files that are not there. */
+  | 'CONFIG_INVALID'
+  /** Another server process already serves this data directory (its admin socket answers). */
+  | 'SERVER_RUNNING';
+
+export class ServerError extends Error {
+  readonly code: ServerErrorCode;
+  constructor(code: ServerErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'ServerError';
+    this.code = code;
+  }
+}
+
+/** Is `err` a ServerError (optionally of one code)? */
+export function isServerError(err: unknown, code?: ServerErrorCode): err is ServerError {
+  return err instanceof ServerError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,205 @@
+/**
+ * Delivery: at most one live WebSocket per device, each with a pump that pushes the
+ * device's queued envelopes in `seq` order. The storage is the only source of truth: the
+ * pump reads what is on disk, so an envelope enqueued while the device was offline, or sent
+ * but not acknowledged before a disconnect or a crash, is simply read again next time.
+ * Envelopes are deleted only by the device's ack.
+ *
+ * Order: `seq` increases with every enqueue, and a sender's sends are enqueued one after
+ * another, so per-sender order to each device is the seq order the pump delivers in.
+ */
+import { encodeBase64, type ServerFrameJson } from '@qalqon/wire';
+import type { Storage } from '../storage/types.js';
+import type { ServerMetrics } from './metrics.js';
+
+/**
+ * Envelopes (and their bytes) pushed to a device and not yet acknowledged, at most: the
+ * device's flow control, and a bound on what one slow connection can make the server buffer.
+ */
+export const MAX_IN_FLIGHT = 256;
+export const MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024;
+
+export interface DeviceConnection {
+  readonly userId: string;
+  readonly deviceId: number;
+  send(frame: ServerFrameJson): void;
+  /** Closes the socket with a WebSocket close code and reason. */
+  close(code: number, reason: string): void;
+}
+
+/** WebSocket close codes the server uses (4000-4999 are for applications). */
+export const CLOSE_REPLACED = 4000;
+export const CLOSE_REMOVED = 4003;
+export const CLOSE_UNAUTHENTICATED = 4401;
+export const CLOSE_POLICY = 1008;
+export const CLOSE_GOING_AWAY = 1001;
+
+class Pump {
+  readonly conn: DeviceConnection;
+  #afterSeq = 0;
+  /** id → body size of envelopes sent and not yet acknowledged. */
+  readonly #inFlight = new Map<string, number>();
+  #inFlightBytes = 0;
+  #running = false;
+  #again = false;
+  #stopped = false;
+
+  constructor(
+    conn: DeviceConnection,
+    private readonly storage: Storage,
+    private readonly onError: (err: unknown) => void,
+  ) {
+    this.conn = conn;
+  }
+
+  stop(): void {
+    this.#stopped = true;
+  }
+
+  acked(ids: readonly string[]): void {
+    for (const id of ids) {
+      const size = this.#inFlight.get(id);
+      if (size === undefined) continue;
+      this.#inFlight.delete(id);
+      this.#inFlightBytes -= size;
+    }
+  }
+
+  /** Pushes what is queued; coalesces calls that arrive while a run is going. */
+  run(): void {
+    if (this.#stopped) return;
+    if (this.#running) {
+      this.#again = true;
+      return;
+    }
+    this.#running = true;
+    void this.#loop()
+      .catch((err) => {
+        if (!this.#stopped) this.onError(err);
+      })
+      .finally(() => {
+        this.#running = false;
+        // A run() that arrived after the loop's last check must not be lost.
+        if (this.#again) this.run();
+      });
+  }
+
+  async #loop(): Promise<void> {
+    do {
+      this.#again = false;
+      for (;;) {
+        if (this.#stopped) return;
+        const room = MAX_IN_FLIGHT - this.#inFlight.size;
+        if (room <= 0 || this.#inFlightBytes >= MAX_IN_FLIGHT_BYTES) break;
+        const page = await this.storage.fetchEnvelopes(this.conn.userId, this.conn.deviceId, {
+          afterSeq: this.#afterSeq,
+          // Small pages: the byte bound is checked between pages, so a page may overshoot it by at most 16 bodies.
+          limit: Math.min(room, 16),
+        });
+        if (this.#stopped) return;
+        for (const e of page) {
+          this.#afterSeq = e.seq;
+          this.#inFlight.set(e.id, e.body.length);
+          this.#inFlightBytes += e.body.length;
+          this.conn.send({
+            type: 'envelope',
+            id: e.id,
+            senderUserId: e.senderUserId,
+            senderDeviceId: e.senderDeviceId,
+            createdAt: e.createdAt,
+            body: encodeBase64(e.body),
+          });
+        }
+        if (page.length === 0) break;
+      }
+    } while (this.#again);
+  }
+}
+
+export class MailboxHub {
+  readonly #pumps = new Map<string, Pump>();
+  readonly #storage: Storage;
+  readonly #metrics: ServerMetrics;
+  readonly #log: (msg: string) => void;
+
+  constructor(storage: Storage, metrics: ServerMetrics, log: (msg: string) => void) {
+    this.#storage = storage;
+    this.#metrics = metrics;
+    this.#log = log;
+  }
+
+  static key(userId: string, deviceId: number): string {
+    return `${userId}/${deviceId}`;
+  }
+
+  /** Makes `conn` the device's live connection (closing an older one) and starts delivery. */
+  attach(conn: DeviceConnection): void {
+    const key = MailboxHub.key(conn.userId, conn.deviceId);
+    const old = this.#pumps.get(key);
+    if (old) {
+      old.stop();
+      old.conn.close(CLOSE_REPLACED, 'another connection of this device took over');
+    } else {
+      this.#metrics.devicesOnline.inc();
+    }
+    const pump = new Pump(conn, this.#storage, (err) => {
+      this.#log(`delivery to a device failed: ${err instanceof Error ? err.name : 'error'}`);
+      conn.close(1011, 'internal error');
+    });
+    this.#pumps.set(key, pump);
+    pump.run();
+  }
+
+  /** Forgets `conn` if it is still the device's live connection. */
+  detach(conn: DeviceConnection): void {
+    const key = MailboxHub.key(conn.userId, conn.deviceId);
+    const pump = this.#pumps.get(key);
+    if (pump?.conn === conn) {
+      pump.stop();
+      this.#pumps.delete(key);
+      this.#metrics.devicesOnline.dec();
+    }
+  }
+
+  /** New envelopes were enqueued for the device: push them if it is online. */
+  notify(userId: string, deviceId: number): void {
+    this.#pumps.get(MailboxHub.key(userId, deviceId))?.run();
+  }
+
+  /** The device acknowledged envelopes: delete them, then push more. */
+  async ack(conn: DeviceConnection, ids: readonly string[]): Promise<number> {
+    const n = await this.#storage.ackEnvelopes(conn.userId, conn.deviceId, ids);
+    this.#metrics.messagesDelivered.inc(n);
+    const pump = this.#pumps.get(MailboxHub.key(conn.userId, conn.deviceId));
+    if (pump?.conn === conn) {
+      pump.acked(ids);
+      pump.run();
+    }
+    return n;
+  }
+
+  /** Sends a frame to the device if it is online. */
+  push(userId: string, deviceId: number, frame: ServerFrameJson): void {
+    this.#pumps.get(MailboxHub.key(userId, deviceId))?.conn.send(frame);
+  }
+
+  /** Closes the connections of a removed device (or of all the user's devices but `except`). */
+  disconnect(userId: string, deviceId?: number, except?: number): void {
+    for (const pump of [...this.#pumps.values()]) {
+      const c = pump.conn;
+      if (c.userId !== userId) continue;
+      if (deviceId !== undefined && c.deviceId !== deviceId) continue;
+      if (except !== undefined && c.deviceId === except) continue;
+      this.detach(c);
+      c.close(CLOSE_REMOVED, 'the device was removed');
+    }
+  }
+
+  /** Closes every connection (shutdown). */
+  closeAll(code: number, reason: string): void {
+    for (const pump of [...this.#pumps.values()]) {
+      this.detach(pump.conn);
+      pump.conn.close(code, reason);
+    }
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * Accounts and devices: enrolment with a one-time code, device authentication
+ * (challenge → signed answer → session token), the device list, and the link slots for
+ * adding a further device.
+ */
+import {
+  ChallengeRequest,
+  DeviceIdParam,
+  EnrolRequest,
+  encodeBase64,
+  LinkApproveRequest,
+  LinkCodeRequest,
+  LinkCompleteRequest,
+  LinkCreateRequest,
+  MAX_HTTP_BODY_BYTES,
+  SessionRequest,
+} from '@qalqon/wire';
+import type { FastifyInstance } from 'fastify';
+import { isServerError } from '../../errors.js';
+import { ApiError } from '../api-error.js';
+import {
+  authenticate,
+  checkPrekeySignatures,
+  clientAddress,
+  parse,
+  type ServiceContext,
+  toNewDevice,
+} from '../context.js';
+
+export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceContext }): Promise<void> {
+  const { ctx } = opts;
+  const limits = { bodyLimit: MAX_HTTP_BODY_BYTES };
+
+  app.post('/v1/enrol', limits, async (req) => {
+    const address = clientAddress(req);
+    ctx.codeLimiter.check(address);
+    const body = parse(EnrolRequest, req.body);
+    checkPrekeySignatures(body.device);
+    let device: Awaited<ReturnType<typeof ctx.storage.enrolDevice>>;
+    try {
+      device = await ctx.storage.enrolDevice({ code: body.code, device: toNewDevice(body.device) });
+    } catch (err) {
+      if (isServerError(err, 'ENROLMENT_CODE_INVALID')) ctx.codeLimiter.fail(address);
+      throw err;
+    }
+    // Enrolment is a new identity: the user's earlier devices were removed with it.
+    ctx.sessions.revoke(device.userId, undefined, device.deviceId);
+    ctx.hub.disconnect(device.userId, undefined, device.deviceId);
+    const user = await ctx.storage.getUser(device.userId);
+    ctx.log(`enrolled device ${device.deviceId} of user ${user?.name ?? device.userId}`);
+    return { userId: device.userId, userName: user?.name ?? '', deviceId: device.deviceId };
+  });
+
+  app.post('/v1/auth/challenge', limits, async (req) => {
+    const body = parse(ChallengeRequest, req.body);
+    const c = ctx.sessions.challenge(body.userId, body.deviceId);
+    return { challenge: encodeBase64(c.challenge), expiresAt: c.expiresAt };
+  });
+
+  app.post('/v1/auth/session', limits, async (req) => {
+    const body = parse(SessionRequest, req.body);
+    return ctx.sessions.signIn({ ...body, address: clientAddress(req) });
+  });
+
+  app.get('/v1/devices', async (req) => {
+    const me = authenticate(ctx, req);
+    const devices = await ctx.storage.listDevices(me.userId);
+    return {
+      devices: devices.map((d) => ({
+        deviceId: d.deviceId,
+        name: d.name,
+        registrationId: d.registrationId,
+        oneTimePrekeys: d.oneTimePrekeyCount,
+        createdAt: d.createdAt,
+      })),
+    };
+  });
+
+  app.delete('/v1/devices/:deviceId', async (req) => {
+    const me = authenticate(ctx, req);
+    const deviceId = Number(parse(DeviceIdParam, req.params).deviceId);
+    await ctx.storage.removeDevice(me.userId, deviceId);
+    ctx.sessions.revoke(me.userId, deviceId);
+    ctx.hub.disconnect(me.userId, deviceId);
+    ctx.log(`device ${deviceId} of user ${me.userId} removed by device ${me.deviceId}`);
+    return { ok: true };
+  });
+
+  // --- linking ---------------------------------------------------------------------------
+
+  /** Link-code failures count against the address like enrolment codes: both are guessable secrets. */
+  const withCode = async <T>(address: string, fn: () => T | Promise<T>): Promise<T> => {
+    ctx.codeLimiter.check(address);
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof ApiError && err.code === 'LINK_CODE_INVALID') ctx.codeLimiter.fail(address);
+      throw err;
+    }
+  };
+
+  app.post('/v1/link', limits, async (req) => {
+    const address = clientAddress(req);
+    ctx.codeLimiter.check(address);
+    ctx.linkLimiter.check(address);
+    const body = parse(LinkCreateRequest, req.body);
+    const slot = ctx.links.create(body.request);
+    // Counted like a failure: opening slots is cheap for a client and costs the server memory.
+    ctx.linkLimiter.fail(address);
+    return slot;
+  });
+
+  app.post('/v1/link/lookup', limits, async (req) => {
+    authenticate(ctx, req);
+    const body = parse(LinkCodeRequest, req.body);
+    const request = await withCode(clientAddress(req), () => ctx.links.lookup(body.linkCode));
+    return { request: encodeBase64(request) };
+  });
+
+  app.post('/v1/link/approve', limits, async (req) => {
+    const me = authenticate(ctx, req);
+    const body = parse(LinkApproveRequest, req.body);
+    const user = await ctx.storage.getUser(me.userId);
+    if (!user) throw new ApiError('UNAUTHENTICATED', 401, 'authentication failed');
+    await withCode(clientAddress(req), () =>
+      ctx.links.approve(body.linkCode, { userId: user.id, userName: user.name }, body.handover),
+    );
+    return { ok: true };
+  });
+
+  app.post('/v1/link/poll', limits, async (req) => {
+    const body = parse(LinkCodeRequest, req.body);
+    const approved = await withCode(clientAddress(req), () => ctx.links.poll(body.linkCode));
+    return approved
+      ? {
+          state: 'approved',
+          userId: approved.userId,
+          userName: approved.userName,
+          handover: encodeBase64(approved.handover),
+        }
+      : { state: 'pending' };
+  });
+
+  app.post('/v1/link/complete', limits, async (req) => {
+    const body = parse(LinkCompleteRequest, req.body);
+    checkPrekeySignatures(body.device);
+    const device = await withCode(clientAddress(req), () =>
+      ctx.links.complete(body.linkCode, (userId) => ctx.storage.addDevice(userId, toNewDevice(body.device))),
+    );
+    const user = await ctx.storage.getUser(device.userId);
+    ctx.log(`linked device ${device.deviceId} of user ${user?.name ?? device.userId}`);
+    return { userId: device.userId, userName: user?.name ?? '', deviceId: device.deviceId };
+  });
+}

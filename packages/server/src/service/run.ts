@@ -1,0 +1,100 @@
+/**
+ * Runs a server from a data directory: initialises it if it never was, opens the KMS and
+ * the encrypted database, serves HTTPS + WebSocket on one TLS 1.3 port and the admin API on
+ * the Unix socket, and shuts all of it down in order on `close()`.
+ */
+import { join, resolve } from 'node:path';
+import { LocalKms } from '../kms/local-kms.js';
+import { openEmbeddedStorage } from '../storage/embedded.js';
+import type { StorageLimits } from '../storage/types.js';
+import { startAdminSocket } from './admin.js';
+import { createService, type Service } from './app.js';
+import {
+  ADMIN_SOCKET_FILE,
+  type InitResult,
+  initDataDir,
+  isInitialised,
+  loadTls,
+  parseListen,
+  readConfig,
+} from './data-dir.js';
+
+export interface RunOptions {
+  readonly dataDir: string;
+  /** `HOST:PORT`; default: the config's `listen`. Port 0 picks a free port. */
+  readonly listen?: string;
+  /** Used only when the directory is initialised by this start. */
+  readonly hostname?: string;
+  readonly limits?: Partial<StorageLimits>;
+  readonly log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  readonly service: Service;
+  readonly host: string;
+  readonly port: number;
+  readonly url: string;
+  readonly pin: string;
+  readonly adminSocket: string;
+  /** Set when this start initialised the directory (it carries the first admin's enrolment code). */
+  readonly init: InitResult | undefined;
+  close(): Promise<void>;
+}
+
+export async function runServer(options: RunOptions): Promise<RunningServer> {
+  const dataDir = resolve(options.dataDir);
+  const init = isInitialised(dataDir)
+    ? undefined
+    : await initDataDir({
+        dataDir,
+        ...(options.hostname === undefined ? {} : { hostname: options.hostname }),
+        ...(options.listen === undefined ? {} : { listen: options.listen }),
+      });
+  const config = readConfig(dataDir);
+  const listen = parseListen('listen', options.listen ?? config.listen);
+  const tls = loadTls(config.paths);
+  const kms = await LocalKms.open(config.paths.kms);
+  const cleanup: (() => Promise<unknown>)[] = [() => kms.close()];
+  const unwind = async () => {
+    for (const f of cleanup.splice(0).reverse()) await f().catch(() => undefined);
+  };
+  try {
+    const storage = await openEmbeddedStorage({
+      dataDir,
+      kms,
+      synchronous: 'FULL',
+      ...(options.limits ? { limits: options.limits } : {}),
+    });
+    cleanup.push(() => storage.close());
+    const service = await createService({
+      storage,
+      tls: { cert: tls.cert, key: tls.key },
+      processMetrics: true,
+      ...(options.log ? { log: options.log } : {}),
+    });
+    cleanup.push(() => service.close());
+    // The admin socket first: it refuses to start when another server owns the directory.
+    const adminSocket = join(dataDir, ADMIN_SOCKET_FILE);
+    const admin = await startAdminSocket(adminSocket, service.ctx);
+    cleanup.push(() => admin.close());
+    const addr = await service.listen(listen.host, listen.port);
+    const hostForUrl = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
+    let closing: Promise<void> | undefined;
+    return {
+      service,
+      host: addr.host,
+      port: addr.port,
+      url: `https://${hostForUrl}:${addr.port}`,
+      pin: tls.pin,
+      adminSocket,
+      init,
+      close() {
+        closing ??= unwind();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The embedded database's migrations, oldest first. Append only: never edit a released one.
+ *
+ * Columns named in comments as "sealed" hold FieldSealer output bound to (table, column,
+ * row id); everything else is routing metadata the server queries on (ids, counters,
+ * timestamps, user and role names).
+ */
+import type { Migration } from './migrations.js';
+
+export const SQLITE_MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'users, enrolment codes, devices, prekeys, mailbox',
+    sql: `
+CREATE TABLE users (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  identity_key BLOB,                        -- sealed (row id: users.id); NULL until first enrolment
+  next_device_id INTEGER NOT NULL DEFAULT 1, -- device ids are never reused: peers' sessions name them
+  created_at INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE user_roles (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  role TEXT NOT NULL,
+  PRIMARY KEY (user_id, role)
+) STRICT, WITHOUT ROWID;
+
+-- Only an HMAC of the code is stored; redeeming deletes the row (single use).
+CREATE TABLE enrolment_codes (
+  code_hash BLOB PRIMARY KEY,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  expires_at INTEGER NOT NULL,
+  created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX enrolment_codes_user ON enrolment_codes(user_id);
+
+CREATE TABLE devices (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  device_id INTEGER NOT NULL,
+  registration_id INTEGER NOT NULL,
+  name BLOB NOT NULL,                       -- sealed (row id: <user>/<device>)
+  signed_prekey_id INTEGER NOT NULL,
+  signed_prekey BLOB NOT NULL,              -- sealed
+  signed_prekey_signature BLOB NOT NULL,    -- sealed
+  kyber_prekey_id INTEGER NOT NULL,
+  kyber_prekey BLOB NOT NULL,               -- sealed
+  kyber_prekey_signature BLOB NOT NULL,     -- sealed
+  queued_count INTEGER NOT NULL DEFAULT 0,  -- kept in step with envelopes, so limits cost O(1)
+  queued_bytes INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (user_id, device_id)
+) STRICT;
+
+CREATE TABLE one_time_prekeys (
+  user_id TEXT NOT NULL,
+  device_id INTEGER NOT NULL,
+  prekey_id INTEGER NOT NULL,
+  public_key BLOB NOT NULL,                 -- sealed (row id: <user>/<device>/<prekey id>)
+  PRIMARY KEY (user_id, device_id, prekey_id),
+  FOREIGN KEY (user_id, device_id) REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
+-- AUTOINCREMENT: seq never goes backwards, even after the newest rows are deleted, so a
+-- device's afterSeq cursor can never skip a later envelope.
+CREATE TABLE envelopes (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  recipient_user_id TEXT NOT NULL,
+  recipient_device_id INTEGER NOT NULL,
+  sender_user_id TEXT NOT NULL,
+  sender_device_id INTEGER NOT NULL,
+  created_at INTEGER NOT NULL,
+  size INTEGER NOT NULL,                    -- plaintext body length, for the byte limit
+  body BLOB NOT NULL,                       -- sealed (row id: envelopes.id)
+  FOREIGN KEY (recipient_user_id, recipient_device_id)
+    REFERENCES devices(user_id, device_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX envelopes_recipient ON envelopes(recipient_user_id, recipient_device_id, seq);
+CREATE INDEX envelopes_created ON envelopes(created_at);
+`,
+  },
+  {
+    version: 2,
+    name: 'device authentication keys',
+    sql: `
+-- The device's own Curve25519 key for signing authentication challenges (0x05-typed, 33
+-- bytes), sealed (row id: <user>/<device>). NULL for a device registered without one, which
+-- therefore cannot authenticate.
+ALTER TABLE devices ADD COLUMN auth_key BLOB;
+`,
+  },
+];

@@ -1,0 +1,265 @@
+/**
+ * The embedded backend: the shared conformance suite over real SQLCipher files, plus what
+ * only this backend promises — the file is ciphertext throughout, a wrong key fails with a
+ * code, sealed fields are bound to their rows, migrations run once, and KEK rotation keeps
+ * the data readable without re-encrypting it.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ServerError } from '../errors.js';
+import { DEK_FILE, DekRegistry, rotateKek } from '../kms/dek-registry.js';
+import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
+import { runStorageConformance } from './conformance.js';
+import { DATABASE_FILE, openEmbeddedStorage } from './embedded.js';
+import { FieldSealer } from './field-sealer.js';
+import { migrate } from './migrations.js';
+import { openSqlcipher } from './sqlcipher.js';
+import { SqliteStorage } from './sqlite.js';
+import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
+import type { NewDevice } from './types.js';
+
+const dirs: string[] = [];
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), 'qalqon-server-'));
+  dirs.push(d);
+  return d;
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+runStorageConformance('embedded SQLCipher', async ({ clock, limits }) => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'qalqon-conf-'));
+  const kms = await LocalKms.create(join(dataDir, LOCAL_KMS_FILE));
+  const opts = { dataDir, kms, clock, ...(limits ? { limits } : {}) };
+  const storage = await openEmbeddedStorage(opts);
+  return {
+    storage,
+    openPeer: () => openEmbeddedStorage(opts),
+    destroy: async () => {
+      await kms.close();
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+});
+
+function ecKey(): Uint8Array {
+  const k = new Uint8Array(randomBytes(33));
+  k[0] = 0x05;
+  return k;
+}
+
+function device(name: string): NewDevice {
+  const kyber = new Uint8Array(randomBytes(1569));
+  kyber[0] = 0x08;
+  return {
+    name,
+    registrationId: 7,
+    identityKey: ecKey(),
+    signedPrekey: { id: 1, publicKey: ecKey(), signature: new Uint8Array(64) },
+    kyberPrekey: { id: 2, publicKey: kyber, signature: new Uint8Array(64) },
+    oneTimePrekeys: [{ id: 1, publicKey: ecKey() }],
+  };
+}
+
+async function catchError(p: Promise<unknown> | (() => unknown)): Promise<unknown> {
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (e) {
+    return e;
+  }
+  return undefined;
+}
+
+/** A data directory with a KMS and a storage holding one user, device and envelope. */
+async function populated(marker: string) {
+  const dataDir = tempDir();
+  const kms = await LocalKms.create(join(dataDir, LOCAL_KMS_FILE));
+  const storage = await openEmbeddedStorage({ dataDir, kms });
+  const user = await storage.createUser({ name: `user-${marker}` });
+  await storage.createEnrolmentCode({
+    userId: user.id,
+    code: `enrolment-code-${marker}`,
+    expiresAt: Date.now() + 60_000,
+  });
+  await storage.enrolDevice({ code: `enrolment-code-${marker}`, device: device(`device-${marker}`) });
+  const [receipt] = await storage.enqueue([
+    {
+      recipientUserId: user.id,
+      recipientDeviceId: 1,
+      senderUserId: user.id,
+      senderDeviceId: 1,
+      body: new TextEncoder().encode(`body-${marker}`),
+    },
+  ]);
+  return { dataDir, kms, storage, user, receipt: receipt! };
+}
+
+describe('the SQLCipher file', () => {
+  it('carries no SQLite header and no plaintext, in the database or its WAL', async () => {
+    const marker = randomBytes(8).toString('hex');
+    const { dataDir, kms, storage } = await populated(marker);
+    const wal = readFileSync(join(dataDir, `${DATABASE_FILE}-wal`));
+    await storage.close();
+    const db = readFileSync(join(dataDir, DATABASE_FILE));
+    expect(db.length).toBeGreaterThan(4096);
+    expect(wal.length).toBeGreaterThan(0);
+    expect(db.subarray(0, 16).toString('latin1')).not.toBe('SQLite format 3\0');
+    for (const bytes of [db, wal]) {
+      // The user name is routing metadata (plaintext inside the DB): only page encryption hides it.
+      expect(bytes.includes(`user-${marker}`)).toBe(false);
+      expect(bytes.includes(`device-${marker}`)).toBe(false);
+      expect(bytes.includes(`body-${marker}`)).toBe(false);
+      expect(bytes.includes('CREATE TABLE')).toBe(false);
+    }
+    await kms.close();
+  });
+
+  it('is created 0600 beside a 0600 wrapped-key file', async () => {
+    const { dataDir, kms, storage } = await populated('mode');
+    await storage.close();
+    await kms.close();
+    for (const f of [DATABASE_FILE, DEK_FILE, LOCAL_KMS_FILE]) {
+      expect((statSync(join(dataDir, f)).mode & 0o777).toString(8), f).toBe('600');
+    }
+  });
+
+  it('refuses a wrong key with DATABASE_UNREADABLE, and the right key still opens it', async () => {
+    const { dataDir, kms, storage } = await populated('key');
+    await storage.close();
+    const wrong = new Uint8Array(randomBytes(32));
+    const err = await catchError(() => openSqlcipher(join(dataDir, DATABASE_FILE), wrong));
+    expect(err).toBeInstanceOf(ServerError);
+    expect((err as ServerError).code).toBe('DATABASE_UNREADABLE');
+    expect((err as ServerError).message).not.toContain(Buffer.from(wrong).toString('hex'));
+    const err2 = await catchError(
+      SqliteStorage.open({
+        path: join(dataDir, DATABASE_FILE),
+        databaseKey: wrong,
+        lookupKey: new Uint8Array(32),
+        sealer: new FieldSealer(new Map([[1, new Uint8Array(32)]]), 1),
+      }),
+    );
+    expect((err2 as ServerError).code).toBe('DATABASE_UNREADABLE');
+    const reopened = await openEmbeddedStorage({ dataDir, kms });
+    expect(await reopened.listUsers()).toHaveLength(1);
+    await reopened.close();
+    await kms.close();
+  });
+
+  it('seals fields bound to their rows: a body moved to another row fails with UNSEAL_FAILED', async () => {
+    const { dataDir, kms, storage, user } = await populated('swap');
+    const [second] = await storage.enqueue([
+      {
+        recipientUserId: user.id,
+        recipientDeviceId: 1,
+        senderUserId: user.id,
+        senderDeviceId: 1,
+        body: new TextEncoder().encode('second'),
+      },
+    ]);
+    await storage.close();
+    const registry = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
+    const db = openSqlcipher(join(dataDir, DATABASE_FILE), await registry.get('database'));
+    const rows = db.prepare('SELECT id, body FROM envelopes ORDER BY seq').all() as {
+      id: string;
+      body: Buffer;
+    }[];
+    expect(rows).toHaveLength(2);
+    // Inside the decrypted database the body is still ciphertext.
+    expect(rows[0]!.body.includes('body-swap')).toBe(false);
+    const names = db.prepare('SELECT name FROM devices').pluck().all() as Buffer[];
+    expect(names[0]!.includes('device-swap')).toBe(false);
+    db.prepare('UPDATE envelopes SET body = ? WHERE id = ?').run(rows[0]!.body, second!.id);
+    db.close();
+    const reopened = await openEmbeddedStorage({ dataDir, kms });
+    const err = await catchError(reopened.fetchEnvelopes(user.id, 1));
+    expect((err as ServerError).code).toBe('UNSEAL_FAILED');
+    await reopened.close();
+    await kms.close();
+  });
+
+  it('needs its data keys: a missing wrapped-key file gives DEK_NOT_FOUND, not a new empty key', async () => {
+    const { dataDir, kms, storage } = await populated('dek');
+    await storage.close();
+    rmSync(join(dataDir, DEK_FILE));
+    const err = await catchError(openEmbeddedStorage({ dataDir, kms }));
+    expect((err as ServerError).code).toBe('DEK_NOT_FOUND');
+    await kms.close();
+  });
+
+  it('KEK rotation re-wraps the data keys; data stays readable after the old KEK is destroyed', async () => {
+    const { dataDir, kms, storage, user, receipt } = await populated('rotate');
+    await storage.close();
+    const before = readFileSync(join(dataDir, DATABASE_FILE));
+    const oldKeyId = (await kms.describe()).activeKeyId;
+    const registry = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
+    const { activeKeyId, rewrapped } = await rotateKek(kms, registry);
+    expect(activeKeyId).not.toBe(oldKeyId);
+    expect(rewrapped).toBe(3);
+    await kms.destroy(oldKeyId);
+    await kms.close();
+    // The database itself was not touched.
+    expect(readFileSync(join(dataDir, DATABASE_FILE)).equals(before)).toBe(true);
+    const kms2 = await LocalKms.open(join(dataDir, LOCAL_KMS_FILE));
+    expect((await kms2.describe()).keys.map((k) => k.id)).toEqual([activeKeyId]);
+    const reopened = await openEmbeddedStorage({ dataDir, kms: kms2 });
+    const [e] = await reopened.fetchEnvelopes(user.id, 1);
+    expect(e?.id).toBe(receipt.id);
+    expect(new TextDecoder().decode(e?.body)).toBe('body-rotate');
+    await reopened.close();
+    await kms2.close();
+  });
+});
+
+describe('schema migrations', () => {
+  function freshDb() {
+    return openSqlcipher(join(tempDir(), 'm.db'), new Uint8Array(randomBytes(32)));
+  }
+
+  it('each migration runs once and is recorded', () => {
+    const db = freshDb();
+    const n = SQLITE_MIGRATIONS.length;
+    const all = SQLITE_MIGRATIONS.map((m) => m.version);
+    expect(migrate(db, SQLITE_MIGRATIONS, () => 5)).toEqual({ from: 0, to: n, applied: all });
+    expect(migrate(db, SQLITE_MIGRATIONS, () => 6)).toEqual({ from: n, to: n, applied: [] });
+    expect(db.prepare('SELECT version, name, applied_at FROM schema_migrations').all()).toEqual(
+      SQLITE_MIGRATIONS.map((m) => ({ version: m.version, name: m.name, applied_at: 5 })),
+    );
+    db.close();
+  });
+
+  it('a failing migration leaves no trace and the earlier ones in place', () => {
+    const db = freshDb();
+    const broken = [
+      ...SQLITE_MIGRATIONS,
+      {
+        version: SQLITE_MIGRATIONS.length + 1,
+        name: 'broken',
+        sql: 'CREATE TABLE half (x INTEGER); INSERT INTO nowhere VALUES (1);',
+      },
+    ];
+    expect(() => migrate(db, broken, Date.now)).toThrow(/nowhere/);
+    expect(db.prepare('SELECT max(version) FROM schema_migrations').pluck().get()).toBe(
+      SQLITE_MIGRATIONS.length,
+    );
+    expect(db.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'half'").pluck().get()).toBe(0);
+    db.close();
+  });
+
+  it('refuses a database from a newer server with SCHEMA_TOO_NEW, and a gapped list', () => {
+    const db = freshDb();
+    migrate(db, SQLITE_MIGRATIONS, Date.now);
+    db.prepare("INSERT INTO schema_migrations VALUES (99, 'future', 0)").run();
+    expect(() => migrate(db, SQLITE_MIGRATIONS, Date.now)).toThrow(
+      expect.objectContaining({ code: 'SCHEMA_TOO_NEW' }),
+    );
+    expect(() => migrate(db, [{ version: 2, name: 'gap', sql: '' }], Date.now)).toThrow(
+      expect.objectContaining({ code: 'INVALID_ARGUMENT' }),
+    );
+    db.close();
+  });
+});

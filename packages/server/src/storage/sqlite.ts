@@ -1,0 +1,778 @@
+/**
+ * The embedded storage backend: one SQLCipher file (see sqlcipher.ts) with the fields the
+ * server does not route on sealed again by a FieldSealer, so the same rows would be
+ * opaque in any backend.
+ *
+ * better-sqlite3 is synchronous, so each method runs start to finish without yielding:
+ * within one process nothing interleaves. Across processes (or a second connection),
+ * every read-modify-write runs in a BEGIN IMMEDIATE transaction, which takes SQLite's
+ * write lock before the first read, so e.g. two bundle fetches can never both read the
+ * same lowest one-time prekey.
+ */
+import { hmacSha256, randomBytes } from '@qalqon/crypto';
+import { ServerError } from '../errors.js';
+import { abytes, aint, aobject, astring } from '../validate.js';
+import type { FieldRef, FieldSealer } from './field-sealer.js';
+import {
+  CODE_PATTERN,
+  checkDeviceId,
+  checkEnvelopeIds,
+  checkEnvelopes,
+  checkLimits,
+  checkNewDevice,
+  checkOneTimePrekeys,
+  checkRoles,
+  checkSignedPrekey,
+  checkUserId,
+  checkUserName,
+  DEFAULT_FETCH,
+  MAX_CODE_LEN,
+  MAX_FETCH,
+  MIN_CODE_LEN,
+} from './input.js';
+import { migrate } from './migrations.js';
+import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
+import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
+import {
+  DEFAULT_LIMITS,
+  type Device,
+  type Envelope,
+  type EnvelopeReceipt,
+  type MailboxStats,
+  type NewDevice,
+  type NewEnvelope,
+  type OneTimePrekey,
+  type PrekeyBundle,
+  type SignedPrekey,
+  type Storage,
+  type StorageLimits,
+  type User,
+} from './types.js';
+
+export interface SqliteStorageOptions {
+  /** The database file (created 0600 if absent). */
+  readonly path: string;
+  /** The raw 256-bit SQLCipher key: the `database` DEK. */
+  readonly databaseKey: Uint8Array;
+  /** Seals non-routing fields; the storage owns it from here and destroys it on close. */
+  readonly sealer: FieldSealer;
+  /** 32-byte HMAC key for enrolment-code hashes, so a stolen table cannot be brute-forced offline. */
+  readonly lookupKey: Uint8Array;
+  readonly limits?: Partial<StorageLimits>;
+  /** Milliseconds since the epoch; injectable for tests. */
+  readonly clock?: () => number;
+  readonly synchronous?: 'FULL' | 'NORMAL';
+}
+
+interface UserRow {
+  id: string;
+  name: string;
+  identity_key: Uint8Array | null;
+  next_device_id: number;
+  created_at: number;
+}
+
+interface DeviceRow {
+  user_id: string;
+  device_id: number;
+  registration_id: number;
+  name: Uint8Array;
+  signed_prekey_id: number;
+  signed_prekey: Uint8Array;
+  signed_prekey_signature: Uint8Array;
+  kyber_prekey_id: number;
+  kyber_prekey: Uint8Array;
+  kyber_prekey_signature: Uint8Array;
+  queued_count: number;
+  queued_bytes: number;
+  created_at: number;
+  otpk_count: number;
+  auth_key: Uint8Array | null;
+}
+
+interface EnvelopeRow {
+  seq: number;
+  id: string;
+  recipient_user_id: string;
+  recipient_device_id: number;
+  sender_user_id: string;
+  sender_device_id: number;
+  created_at: number;
+  body: Uint8Array;
+}
+
+const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
+
+const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
+  WHERE o.user_id = d.user_id AND o.device_id = d.device_id) AS otpk_count`;
+
+function newId(): string {
+  return Buffer.from(randomBytes(16)).toString('hex');
+}
+
+function deviceRowId(userId: string, deviceId: number): string {
+  return `${userId}/${deviceId}`;
+}
+
+function ref(table: string, column: string, rowId: string): FieldRef {
+  return { table, column, rowId };
+}
+
+/** better-sqlite3 returns Buffers for BLOBs; hand out plain Uint8Arrays the caller owns. */
+function plain(b: Uint8Array): Uint8Array {
+  return new Uint8Array(b);
+}
+
+export class SqliteStorage implements Storage {
+  readonly #db: SqliteDatabase;
+  readonly #sealer: FieldSealer;
+  readonly #lookupKey: Uint8Array;
+  readonly #limits: StorageLimits;
+  readonly #clock: () => number;
+  #closed = false;
+
+  private constructor(
+    db: SqliteDatabase,
+    o: SqliteStorageOptions,
+    limits: StorageLimits,
+    clock: () => number,
+  ) {
+    this.#db = db;
+    this.#sealer = o.sealer;
+    this.#lookupKey = Uint8Array.from(o.lookupKey);
+    this.#limits = limits;
+    this.#clock = clock;
+  }
+
+  /**
+   * Opens (creating if needed) the database and applies pending migrations. Throws
+   * DATABASE_UNREADABLE for a wrong key and SCHEMA_TOO_NEW for a database from a newer server.
+   */
+  static async open(options: SqliteStorageOptions): Promise<SqliteStorage> {
+    const o = aobject('options', options) as unknown as SqliteStorageOptions;
+    astring('options.path', o.path, 1, 4096);
+    abytes('options.databaseKey', o.databaseKey, 32);
+    abytes('options.lookupKey', o.lookupKey, 32);
+    if (typeof o.sealer?.seal !== 'function') {
+      throw new ServerError('INVALID_ARGUMENT', '"options.sealer" expected FieldSealer');
+    }
+    const limits = checkLimits(DEFAULT_LIMITS, o.limits);
+    const clock = o.clock ?? Date.now;
+    const db = openSqlcipher(o.path, o.databaseKey, o.synchronous ? { synchronous: o.synchronous } : {});
+    try {
+      migrate(db, SQLITE_MIGRATIONS, clock);
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+    return new SqliteStorage(db, o, limits, clock);
+  }
+
+  /** The live connection, or CLOSED. */
+  #conn(): SqliteDatabase {
+    if (this.#closed) throw new ServerError('CLOSED', 'the storage was closed');
+    return this.#db;
+  }
+
+  /** Runs `fn` in a BEGIN IMMEDIATE transaction: all or nothing, write lock held from the first read. */
+  #tx<T>(fn: (db: SqliteDatabase) => T): T {
+    const db = this.#conn();
+    return db.transaction(() => fn(db)).immediate();
+  }
+
+  // --- users ---------------------------------------------------------------------------
+
+  #toUser(db: SqliteDatabase, row: UserRow): User {
+    const roles = db
+      .prepare('SELECT role FROM user_roles WHERE user_id = ? ORDER BY role')
+      .pluck()
+      .all(row.id) as string[];
+    return {
+      id: row.id,
+      name: row.name,
+      roles,
+      identityKey:
+        row.identity_key === null
+          ? undefined
+          : this.#sealer.open(ref('users', 'identity_key', row.id), row.identity_key),
+      createdAt: row.created_at,
+    };
+  }
+
+  #userRow(db: SqliteDatabase, userId: string): UserRow {
+    const row = db.prepare('SELECT * FROM users WHERE id = ?').get(userId) as UserRow | undefined;
+    if (!row) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+    return row;
+  }
+
+  async createUser(input: { readonly name: string; readonly roles?: readonly string[] }): Promise<User> {
+    const o = aobject('input', input);
+    const name = checkUserName('input.name', o.name);
+    const roles = checkRoles('input.roles', o.roles ?? []);
+    return this.#tx((db) => {
+      if (db.prepare('SELECT 1 FROM users WHERE name = ?').get(name)) {
+        throw new ServerError('USER_EXISTS', `a user named ${name} already exists`);
+      }
+      const id = newId();
+      db.prepare('INSERT INTO users (id, name, created_at) VALUES (?, ?, ?)').run(id, name, this.#clock());
+      const addRole = db.prepare('INSERT INTO user_roles (user_id, role) VALUES (?, ?)');
+      for (const r of roles) addRole.run(id, r);
+      return this.#toUser(db, this.#userRow(db, id));
+    });
+  }
+
+  async getUser(userId: string): Promise<User | undefined> {
+    checkUserId('userId', userId);
+    const db = this.#conn();
+    const row = db.prepare('SELECT * FROM users WHERE id = ?').get(userId) as UserRow | undefined;
+    return row && this.#toUser(db, row);
+  }
+
+  async findUserByName(name: string): Promise<User | undefined> {
+    checkUserName('name', name);
+    const db = this.#conn();
+    const row = db.prepare('SELECT * FROM users WHERE name = ?').get(name) as UserRow | undefined;
+    return row && this.#toUser(db, row);
+  }
+
+  async listUsers(): Promise<User[]> {
+    const db = this.#conn();
+    const rows = db.prepare('SELECT * FROM users ORDER BY name').all() as UserRow[];
+    return rows.map((r) => this.#toUser(db, r));
+  }
+
+  async removeUser(userId: string): Promise<void> {
+    checkUserId('userId', userId);
+    this.#tx((db) => {
+      if (db.prepare('DELETE FROM users WHERE id = ?').run(userId).changes === 0) {
+        throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+      }
+    });
+  }
+
+  async grantRole(userId: string, role: string): Promise<void> {
+    checkUserId('userId', userId);
+    checkUserName('role', role);
+    this.#tx((db) => {
+      this.#userRow(db, userId);
+      db.prepare('INSERT OR IGNORE INTO user_roles (user_id, role) VALUES (?, ?)').run(userId, role);
+    });
+  }
+
+  async revokeRole(userId: string, role: string): Promise<void> {
+    checkUserId('userId', userId);
+    checkUserName('role', role);
+    this.#tx((db) => {
+      this.#userRow(db, userId);
+      db.prepare('DELETE FROM user_roles WHERE user_id = ? AND role = ?').run(userId, role);
+    });
+  }
+
+  // --- enrolment -----------------------------------------------------------------------
+
+  #codeHash(code: string): Uint8Array {
+    return hmacSha256(this.#lookupKey, new TextEncoder().encode(CODE_HASH_DOMAIN + code));
+  }
+
+  async createEnrolmentCode(input: {
+    readonly userId: string;
+    readonly code: string;
+    readonly expiresAt: number;
+  }): Promise<void> {
+    const o = aobject('input', input);
+    const userId = checkUserId('input.userId', o.userId);
+    const code = astring('input.code', o.code, MIN_CODE_LEN, MAX_CODE_LEN, CODE_PATTERN);
+    const now = this.#clock();
+    const expiresAt = aint('input.expiresAt', o.expiresAt, now + 1, Number.MAX_SAFE_INTEGER);
+    const hash = this.#codeHash(code);
+    this.#tx((db) => {
+      this.#userRow(db, userId);
+      // One live code per user: issuing a new one revokes any earlier unused code.
+      db.prepare('DELETE FROM enrolment_codes WHERE user_id = ?').run(userId);
+      db.prepare(
+        'INSERT INTO enrolment_codes (code_hash, user_id, expires_at, created_at) VALUES (?, ?, ?, ?)',
+      ).run(hash, userId, expiresAt, now);
+    });
+  }
+
+  async enrolDevice(input: { readonly code: string; readonly device: NewDevice }): Promise<Device> {
+    const o = aobject('input', input);
+    const code = astring('input.code', o.code, 0, 4096);
+    const device = checkNewDevice('input.device', o.device, this.#limits);
+    const invalid = () => new ServerError('ENROLMENT_CODE_INVALID', 'the enrolment code is not valid');
+    // A code of the wrong shape is simply not a valid code: same opaque answer as any other.
+    if (code.length < MIN_CODE_LEN || code.length > MAX_CODE_LEN || !CODE_PATTERN.test(code)) throw invalid();
+    const hash = this.#codeHash(code);
+    const now = this.#clock();
+    return this.#tx((db) => {
+      const row = db
+        .prepare('SELECT user_id, expires_at FROM enrolment_codes WHERE code_hash = ?')
+        .get(hash) as { user_id: string; expires_at: number } | undefined;
+      if (!row || row.expires_at <= now) throw invalid();
+      db.prepare('DELETE FROM enrolment_codes WHERE code_hash = ?').run(hash);
+      // An enrolment starts a new identity: the user's old devices (and their queues) go.
+      db.prepare('DELETE FROM devices WHERE user_id = ?').run(row.user_id);
+      db.prepare('UPDATE users SET identity_key = ? WHERE id = ?').run(
+        this.#sealer.seal(ref('users', 'identity_key', row.user_id), device.identityKey),
+        row.user_id,
+      );
+      return this.#insertDevice(db, row.user_id, device, now);
+    });
+  }
+
+  // --- devices -------------------------------------------------------------------------
+
+  #insertDevice(db: SqliteDatabase, userId: string, d: NewDevice, now: number): Device {
+    const user = this.#userRow(db, userId);
+    const count = db.prepare('SELECT count(*) FROM devices WHERE user_id = ?').pluck().get(userId) as number;
+    if (count >= this.#limits.maxDevicesPerUser) {
+      throw new ServerError('TOO_MANY_DEVICES', `user ${userId} already has ${count} devices, the limit`);
+    }
+    const deviceId = user.next_device_id;
+    db.prepare('UPDATE users SET next_device_id = ? WHERE id = ?').run(deviceId + 1, userId);
+    const rowId = deviceRowId(userId, deviceId);
+    const s = (column: string, v: Uint8Array) => this.#sealer.seal(ref('devices', column, rowId), v);
+    db.prepare(
+      `INSERT INTO devices (user_id, device_id, registration_id, name, signed_prekey_id, signed_prekey,
+         signed_prekey_signature, kyber_prekey_id, kyber_prekey, kyber_prekey_signature, created_at, auth_key)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      userId,
+      deviceId,
+      d.registrationId,
+      this.#sealer.sealString(ref('devices', 'name', rowId), d.name),
+      d.signedPrekey.id,
+      s('signed_prekey', d.signedPrekey.publicKey),
+      s('signed_prekey_signature', d.signedPrekey.signature),
+      d.kyberPrekey.id,
+      s('kyber_prekey', d.kyberPrekey.publicKey),
+      s('kyber_prekey_signature', d.kyberPrekey.signature),
+      now,
+      d.authKey === undefined ? null : s('auth_key', d.authKey),
+    );
+    this.#insertPrekeys(db, userId, deviceId, d.oneTimePrekeys);
+    return this.#deviceById(db, userId, deviceId);
+  }
+
+  #insertPrekeys(
+    db: SqliteDatabase,
+    userId: string,
+    deviceId: number,
+    prekeys: readonly OneTimePrekey[],
+  ): void {
+    const insert = db.prepare(
+      'INSERT INTO one_time_prekeys (user_id, device_id, prekey_id, public_key) VALUES (?, ?, ?, ?)',
+    );
+    for (const p of prekeys) {
+      insert.run(
+        userId,
+        deviceId,
+        p.id,
+        this.#sealer.seal(
+          ref('one_time_prekeys', 'public_key', `${deviceRowId(userId, deviceId)}/${p.id}`),
+          p.publicKey,
+        ),
+      );
+    }
+  }
+
+  #toDevice(row: DeviceRow): Device {
+    const rowId = deviceRowId(row.user_id, row.device_id);
+    const o = (column: string, v: Uint8Array) => this.#sealer.open(ref('devices', column, rowId), v);
+    return {
+      userId: row.user_id,
+      deviceId: row.device_id,
+      name: this.#sealer.openString(ref('devices', 'name', rowId), row.name),
+      registrationId: row.registration_id,
+      signedPrekey: {
+        id: row.signed_prekey_id,
+        publicKey: o('signed_prekey', row.signed_prekey),
+        signature: o('signed_prekey_signature', row.signed_prekey_signature),
+      },
+      kyberPrekey: {
+        id: row.kyber_prekey_id,
+        publicKey: o('kyber_prekey', row.kyber_prekey),
+        signature: o('kyber_prekey_signature', row.kyber_prekey_signature),
+      },
+      oneTimePrekeyCount: row.otpk_count,
+      authKey: row.auth_key === null ? undefined : o('auth_key', row.auth_key),
+      createdAt: row.created_at,
+    };
+  }
+
+  #deviceRow(db: SqliteDatabase, userId: string, deviceId: number): DeviceRow {
+    const row = db
+      .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.user_id = ? AND d.device_id = ?`)
+      .get(userId, deviceId) as DeviceRow | undefined;
+    if (!row) throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    return row;
+  }
+
+  #deviceById(db: SqliteDatabase, userId: string, deviceId: number): Device {
+    return this.#toDevice(this.#deviceRow(db, userId, deviceId));
+  }
+
+  async addDevice(userId: string, device: NewDevice): Promise<Device> {
+    checkUserId('userId', userId);
+    const d = checkNewDevice('device', device, this.#limits);
+    const now = this.#clock();
+    return this.#tx((db) => {
+      const user = this.#userRow(db, userId);
+      const identity =
+        user.identity_key === null
+          ? undefined
+          : this.#sealer.open(ref('users', 'identity_key', userId), user.identity_key);
+      // Identity keys are public: a plain comparison leaks nothing secret.
+      if (!identity || Buffer.compare(identity, d.identityKey) !== 0) {
+        throw new ServerError(
+          'IDENTITY_KEY_MISMATCH',
+          identity
+            ? `the new device's identity key is not user ${userId}'s`
+            : `user ${userId} has not enrolled a first device`,
+        );
+      }
+      return this.#insertDevice(db, userId, d, now);
+    });
+  }
+
+  async getDevice(userId: string, deviceId: number): Promise<Device | undefined> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    const db = this.#conn();
+    const row = db
+      .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.user_id = ? AND d.device_id = ?`)
+      .get(userId, deviceId) as DeviceRow | undefined;
+    return row && this.#toDevice(row);
+  }
+
+  async listDevices(userId: string): Promise<Device[]> {
+    checkUserId('userId', userId);
+    const db = this.#conn();
+    this.#userRow(db, userId);
+    const rows = db
+      .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.user_id = ? ORDER BY d.device_id`)
+      .all(userId) as DeviceRow[];
+    return rows.map((r) => this.#toDevice(r));
+  }
+
+  async removeDevice(userId: string, deviceId: number): Promise<void> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    this.#tx((db) => {
+      const res = db.prepare('DELETE FROM devices WHERE user_id = ? AND device_id = ?').run(userId, deviceId);
+      if (res.changes === 0)
+        throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    });
+  }
+
+  // --- prekeys -------------------------------------------------------------------------
+
+  async addOneTimePrekeys(
+    userId: string,
+    deviceId: number,
+    prekeys: readonly OneTimePrekey[],
+  ): Promise<number> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    const list = checkOneTimePrekeys('prekeys', prekeys, 1, this.#limits.maxOneTimePrekeysPerDevice);
+    return this.#tx((db) => {
+      const row = this.#deviceRow(db, userId, deviceId);
+      const exists = db.prepare(
+        'SELECT 1 FROM one_time_prekeys WHERE user_id = ? AND device_id = ? AND prekey_id = ?',
+      );
+      for (const p of list) {
+        if (exists.get(userId, deviceId, p.id)) {
+          throw new ServerError('PREKEY_EXISTS', `device ${deviceId} already has one-time prekey ${p.id}`);
+        }
+      }
+      if (row.otpk_count + list.length > this.#limits.maxOneTimePrekeysPerDevice) {
+        throw new ServerError(
+          'TOO_MANY_PREKEYS',
+          `device ${deviceId} holds ${row.otpk_count} one-time prekeys; ${list.length} more exceed the limit of ${this.#limits.maxOneTimePrekeysPerDevice}`,
+        );
+      }
+      this.#insertPrekeys(db, userId, deviceId, list);
+      return row.otpk_count + list.length;
+    });
+  }
+
+  #setPrekey(userId: string, deviceId: number, p: SignedPrekey, kind: 'signed' | 'kyber'): void {
+    const rowId = deviceRowId(userId, deviceId);
+    const s = (column: string, v: Uint8Array) => this.#sealer.seal(ref('devices', column, rowId), v);
+    const pub = s(`${kind}_prekey`, p.publicKey);
+    const sig = s(`${kind}_prekey_signature`, p.signature);
+    this.#tx((db) => {
+      const res = db
+        .prepare(
+          `UPDATE devices SET ${kind}_prekey_id = ?, ${kind}_prekey = ?, ${kind}_prekey_signature = ?
+           WHERE user_id = ? AND device_id = ?`,
+        )
+        .run(p.id, pub, sig, userId, deviceId);
+      if (res.changes === 0)
+        throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    });
+  }
+
+  async setSignedPrekey(userId: string, deviceId: number, prekey: SignedPrekey): Promise<void> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    this.#setPrekey(userId, deviceId, checkSignedPrekey('prekey', prekey, 'ec'), 'signed');
+  }
+
+  async setKyberPrekey(userId: string, deviceId: number, prekey: SignedPrekey): Promise<void> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    this.#setPrekey(userId, deviceId, checkSignedPrekey('prekey', prekey, 'kyber'), 'kyber');
+  }
+
+  async fetchPrekeyBundles(
+    userId: string,
+    options: { readonly deviceId?: number } = {},
+  ): Promise<PrekeyBundle[]> {
+    checkUserId('userId', userId);
+    const o = aobject('options', options);
+    const only = o.deviceId === undefined ? undefined : checkDeviceId('options.deviceId', o.deviceId);
+    return this.#tx((db) => {
+      const user = this.#userRow(db, userId);
+      const rows =
+        only === undefined
+          ? (db
+              .prepare(`SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.user_id = ? ORDER BY d.device_id`)
+              .all(userId) as DeviceRow[])
+          : [this.#deviceRow(db, userId, only)];
+      if (rows.length === 0 || user.identity_key === null) return [];
+      const identityKey = this.#sealer.open(ref('users', 'identity_key', userId), user.identity_key);
+      // Take the lowest id and delete it in one statement, inside the write transaction.
+      const take = db.prepare(
+        `DELETE FROM one_time_prekeys WHERE user_id = ? AND device_id = ? AND prekey_id =
+           (SELECT min(prekey_id) FROM one_time_prekeys WHERE user_id = ? AND device_id = ?)
+         RETURNING prekey_id, public_key`,
+      );
+      return rows.map((row): PrekeyBundle => {
+        const device = this.#toDevice(row);
+        const taken = take.get(userId, row.device_id, userId, row.device_id) as
+          | { prekey_id: number; public_key: Uint8Array }
+          | undefined;
+        return {
+          userId,
+          deviceId: row.device_id,
+          registrationId: row.registration_id,
+          identityKey: plain(identityKey),
+          signedPrekey: device.signedPrekey,
+          kyberPrekey: device.kyberPrekey,
+          oneTimePrekey: taken && {
+            id: taken.prekey_id,
+            publicKey: this.#sealer.open(
+              ref(
+                'one_time_prekeys',
+                'public_key',
+                `${deviceRowId(userId, row.device_id)}/${taken.prekey_id}`,
+              ),
+              taken.public_key,
+            ),
+          },
+          oneTimePrekeysRemaining: taken ? row.otpk_count - 1 : 0,
+        };
+      });
+    });
+  }
+
+  // --- mailbox -------------------------------------------------------------------------
+
+  async enqueue(envelopes: readonly NewEnvelope[]): Promise<EnvelopeReceipt[]> {
+    const list = checkEnvelopes('envelopes', envelopes, this.#limits);
+    const now = this.#clock();
+    // Seal before taking the write lock: AES-GCM over large bodies need not block other writers.
+    const sealed = list.map((e) => {
+      const id = newId();
+      return { e, id, body: this.#sealer.seal(ref('envelopes', 'body', id), e.body) };
+    });
+    const perRecipient = new Map<
+      string,
+      { userId: string; deviceId: number; count: number; bytes: number }
+    >();
+    for (const { e } of sealed) {
+      const key = deviceRowId(e.recipientUserId, e.recipientDeviceId);
+      const acc = perRecipient.get(key) ?? {
+        userId: e.recipientUserId,
+        deviceId: e.recipientDeviceId,
+        count: 0,
+        bytes: 0,
+      };
+      acc.count++;
+      acc.bytes += e.body.length;
+      perRecipient.set(key, acc);
+    }
+    return this.#tx((db) => {
+      const stats = db.prepare(
+        'SELECT queued_count, queued_bytes FROM devices WHERE user_id = ? AND device_id = ?',
+      );
+      const bump = db.prepare(
+        'UPDATE devices SET queued_count = queued_count + ?, queued_bytes = queued_bytes + ? WHERE user_id = ? AND device_id = ?',
+      );
+      for (const r of perRecipient.values()) {
+        let s = stats.get(r.userId, r.deviceId) as { queued_count: number; queued_bytes: number } | undefined;
+        if (!s) throw new ServerError('DEVICE_NOT_FOUND', `user ${r.userId} has no device ${r.deviceId}`);
+        if (!this.#fits(s, r)) {
+          // Expired envelopes still count until purged; purge this queue before refusing.
+          this.#purge(db, now, r.userId, r.deviceId);
+          s = stats.get(r.userId, r.deviceId) as { queued_count: number; queued_bytes: number };
+          if (!this.#fits(s, r)) {
+            throw new ServerError(
+              'MAILBOX_FULL',
+              `the mailbox of user ${r.userId} device ${r.deviceId} is full (${s.queued_count} envelopes, ${s.queued_bytes} bytes)`,
+            );
+          }
+        }
+      }
+      const insert = db.prepare(
+        `INSERT INTO envelopes (id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id,
+           created_at, size, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      );
+      const receipts = sealed.map(({ e, id, body }): EnvelopeReceipt => {
+        const res = insert.run(
+          id,
+          e.recipientUserId,
+          e.recipientDeviceId,
+          e.senderUserId,
+          e.senderDeviceId,
+          now,
+          e.body.length,
+          body,
+        );
+        return {
+          id,
+          seq: Number(res.lastInsertRowid),
+          recipientUserId: e.recipientUserId,
+          recipientDeviceId: e.recipientDeviceId,
+        };
+      });
+      for (const r of perRecipient.values()) bump.run(r.count, r.bytes, r.userId, r.deviceId);
+      return receipts;
+    });
+  }
+
+  #fits(s: { queued_count: number; queued_bytes: number }, add: { count: number; bytes: number }): boolean {
+    return (
+      s.queued_count + add.count <= this.#limits.maxQueuedPerDevice &&
+      s.queued_bytes + add.bytes <= this.#limits.maxQueuedBytesPerDevice
+    );
+  }
+
+  /** Deletes expired envelopes (of one device, or all) and keeps the counters in step. Call inside a transaction. */
+  #purge(db: SqliteDatabase, now: number, userId?: string, deviceId?: number): number {
+    const cutoff = now - this.#limits.maxEnvelopeAgeMs;
+    const deleted = (
+      userId === undefined
+        ? db
+            .prepare(
+              'DELETE FROM envelopes WHERE created_at < ? RETURNING recipient_user_id AS u, recipient_device_id AS d, size',
+            )
+            .all(cutoff)
+        : db
+            .prepare(
+              `DELETE FROM envelopes WHERE recipient_user_id = ? AND recipient_device_id = ? AND created_at < ?
+               RETURNING recipient_user_id AS u, recipient_device_id AS d, size`,
+            )
+            .all(userId, deviceId, cutoff)
+    ) as { u: string; d: number; size: number }[];
+    this.#debit(db, deleted);
+    return deleted.length;
+  }
+
+  /** Subtracts deleted envelopes from their devices' counters. */
+  #debit(db: SqliteDatabase, deleted: readonly { u: string; d: number; size: number }[]): void {
+    const sums = new Map<string, { u: string; d: number; count: number; bytes: number }>();
+    for (const x of deleted) {
+      const k = deviceRowId(x.u, x.d);
+      const acc = sums.get(k) ?? { u: x.u, d: x.d, count: 0, bytes: 0 };
+      acc.count++;
+      acc.bytes += x.size;
+      sums.set(k, acc);
+    }
+    const debit = db.prepare(
+      'UPDATE devices SET queued_count = queued_count - ?, queued_bytes = queued_bytes - ? WHERE user_id = ? AND device_id = ?',
+    );
+    for (const s of sums.values()) debit.run(s.count, s.bytes, s.u, s.d);
+  }
+
+  async fetchEnvelopes(
+    userId: string,
+    deviceId: number,
+    options: { readonly limit?: number; readonly afterSeq?: number } = {},
+  ): Promise<Envelope[]> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    const o = aobject('options', options);
+    const limit = o.limit === undefined ? DEFAULT_FETCH : aint('options.limit', o.limit, 1, MAX_FETCH);
+    const afterSeq =
+      o.afterSeq === undefined ? 0 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER);
+    const db = this.#conn();
+    if (!db.prepare('SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?').get(userId, deviceId)) {
+      throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    }
+    const rows = db
+      .prepare(
+        `SELECT seq, id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id, created_at, body
+         FROM envelopes WHERE recipient_user_id = ? AND recipient_device_id = ? AND seq > ? AND created_at >= ?
+         ORDER BY seq LIMIT ?`,
+      )
+      .all(userId, deviceId, afterSeq, this.#clock() - this.#limits.maxEnvelopeAgeMs, limit) as EnvelopeRow[];
+    return rows.map((r) => ({
+      id: r.id,
+      seq: r.seq,
+      recipientUserId: r.recipient_user_id,
+      recipientDeviceId: r.recipient_device_id,
+      senderUserId: r.sender_user_id,
+      senderDeviceId: r.sender_device_id,
+      createdAt: r.created_at,
+      body: this.#sealer.open(ref('envelopes', 'body', r.id), r.body),
+    }));
+  }
+
+  async ackEnvelopes(userId: string, deviceId: number, ids: readonly string[]): Promise<number> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    const list = checkEnvelopeIds('ids', ids);
+    return this.#tx((db) => {
+      if (!db.prepare('SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?').get(userId, deviceId)) {
+        throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+      }
+      // The recipient columns in the WHERE clause make another device's ids a no-op.
+      const del = db.prepare(
+        `DELETE FROM envelopes WHERE id = ? AND recipient_user_id = ? AND recipient_device_id = ?
+         RETURNING recipient_user_id AS u, recipient_device_id AS d, size`,
+      );
+      const deleted: { u: string; d: number; size: number }[] = [];
+      for (const id of new Set(list)) {
+        const row = del.get(id, userId, deviceId) as { u: string; d: number; size: number } | undefined;
+        if (row) deleted.push(row);
+      }
+      this.#debit(db, deleted);
+      return deleted.length;
+    });
+  }
+
+  async mailboxStats(userId: string, deviceId: number): Promise<MailboxStats> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    const row = this.#conn()
+      .prepare('SELECT queued_count, queued_bytes FROM devices WHERE user_id = ? AND device_id = ?')
+      .get(userId, deviceId) as { queued_count: number; queued_bytes: number } | undefined;
+    if (!row) throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    return { count: row.queued_count, bytes: row.queued_bytes };
+  }
+
+  async purgeExpiredEnvelopes(): Promise<number> {
+    const now = this.#clock();
+    return this.#tx((db) => this.#purge(db, now));
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#db.close();
+    this.#sealer.destroy();
+    this.#lookupKey.fill(0);
+  }
+}
