@@ -18,6 +18,20 @@ export type ServerErrorCode =
   | 'KMS_KEY_ACTIVE'
   /** A wrapped key failed authentication: corrupted, tampered with, or bound to another context. */
   | 'KMS_UNWRAP_FAILED'
+  /** The PKCS#11 module path does not exist, cannot be loaded, or its C_Initialize failed. */
+  | 'KMS_MODULE_UNAVAILABLE'
+  /** No token (or more than one) carries the configured label, or it is not initialised. */
+  | 'KMS_TOKEN_NOT_FOUND'
+  /** The token already holds Qalqon KEKs (create), or is already open in this process. */
+  | 'KMS_TOKEN_IN_USE'
+  /** The PKCS#11 token refused an operation or lacks a needed mechanism (the message names the CKR_ value). */
+  | 'KMS_TOKEN_FAILED'
+  /** The token's user PIN is not where the configuration says (unset variable, missing or insecure file). */
+  | 'KMS_PIN_UNAVAILABLE'
+  /** The token rejected the user PIN, or the PIN is locked. */
+  | 'KMS_PIN_INCORRECT'
+  /** A KEK in the token is not a non-extractable, always-sensitive AES-256 key, so it may have left the token. */
+  | 'KMS_KEY_INSECURE'
   /** The wrapped data-key file is malformed. */
   | 'DEK_FILE_INVALID'
   /** No data key of that name is registered. */

@@ -7,6 +7,7 @@ export * from './errors.js';
 export * from './kms/dek-registry.js';
 export * from './kms/kms.js';
 export * from './kms/local-kms.js';
+export * from './kms/pkcs11-kms.js';
 export { ApiError, toWireFailure, type WireFailure } from './service/api-error.js';
 export { createService, type Service, type ServiceOptions } from './service/app.js';
 export {
