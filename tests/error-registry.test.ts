@@ -12,7 +12,11 @@ const doc = readFileSync(join(root, 'docs', 'errors.md'), 'utf8');
 
 /** The codes of the `type XErrorCode = | 'A' | 'B'` union in a package's errors.ts. */
 function codesInSource(pkg: string): string[] {
-  const text = readFileSync(join(root, 'packages', pkg, 'src', 'errors.ts'), 'utf8');
+  // Comments go first: a ';' or a quoted word inside a code's doc comment must neither end
+  // the union early nor count as a code.
+  const text = readFileSync(join(root, 'packages', pkg, 'src', 'errors.ts'), 'utf8')
+    .replace(/\/\*[\s\S]*?\*\//g, '')
+    .replace(/\/\/[^\n]*/g, '');
   const union = /export type \w+ErrorCode =([\s\S]*?);/.exec(text);
   if (!union) throw new Error(`no ErrorCode union in ${pkg}/src/errors.ts`);
   return [...union[1]!.matchAll(/\|\s*'([A-Z_]+)'/g)].map((m) => m[1]!);
