@@ -4,6 +4,7 @@
  */
 const BENCHMARKS: Record<string, () => Promise<{ run(argv: readonly string[]): Promise<void> }>> = {
   protocol: () => import('./protocol.js'),
+  relay: () => import('./relay.js'),
 };
 
 const [name, ...rest] = process.argv.slice(2);
