@@ -1,14 +1,17 @@
 /**
- * The `qalqon` command (SPEC section 3): `server init|start` and `admin ...` for now; the
- * client commands arrive with the client SDK. Rules every command keeps: with `--json` it
+ * The `qalqon` command (SPEC section 3): `server init|start` and `admin ...` here, the
+ * client commands (enroll, link, device, send, recv, safety-number, verify, repin) in
+ * client-commands.ts. Rules every command keeps: with `--json` it
  * prints one JSON object (or JSON lines for a stream) and nothing else on stdout; errors go
  * to stderr as one sentence; exit 1 for a refused operation, 2 for bad usage; secrets are
  * never printed except enrolment codes, which these commands exist to print.
  */
 import { parseArgs } from 'node:util';
+import { isClientError } from '@qalqon/client';
 import { type InitResult, initDataDir, isServerError, runServer } from '@qalqon/server';
 import { type AdminRequestJson, isWireError } from '@qalqon/wire';
 import { adminRequest } from './admin-client.js';
+import { CLIENT_COMMANDS, CLIENT_USAGE, clientCommand } from './client-commands.js';
 import { type CliIo, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError } from './io.js';
 
 export const USAGE = `usage:
@@ -20,7 +23,7 @@ export const USAGE = `usage:
   qalqon admin --data DIR user remove NAME [--json]
   qalqon admin --data DIR device list NAME [--json]
   qalqon admin --data DIR device remove NAME DEVICE_ID [--json]
-`;
+${CLIENT_USAGE}`;
 
 const OPTIONS = {
   data: { type: 'string' },
@@ -30,6 +33,15 @@ const OPTIONS = {
   'tls-key': { type: 'string' },
   kms: { type: 'string' },
   role: { type: 'string', multiple: true },
+  server: { type: 'string' },
+  code: { type: 'string' },
+  profile: { type: 'string' },
+  pin: { type: 'string' },
+  'device-name': { type: 'string' },
+  keystore: { type: 'string' },
+  to: { type: 'string' },
+  channel: { type: 'string' },
+  wait: { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -42,6 +54,15 @@ type Values = {
   'tls-key'?: string;
   kms?: string;
   role?: string[];
+  server?: string;
+  code?: string;
+  profile?: string;
+  pin?: string;
+  'device-name'?: string;
+  keystore?: string;
+  to?: string;
+  channel?: string;
+  wait?: string;
   json?: boolean;
   help?: boolean;
 };
@@ -253,13 +274,15 @@ export async function run(argv: readonly string[], io: CliIo, hooks: RunHooks = 
       printAdmin(io, body.op, r, values.json === true);
       return EXIT_OK;
     }
+    if (command !== undefined && CLIENT_COMMANDS.has(command))
+      return await clientCommand(io, command, values, rest);
     throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`);
   } catch (err) {
     if (err instanceof UsageError) {
       io.stderr(`qalqon: ${err.message}.\n${USAGE}`);
       return EXIT_USAGE;
     }
-    if (err instanceof RefusedError || isServerError(err) || isWireError(err)) {
+    if (err instanceof RefusedError || isServerError(err) || isWireError(err) || isClientError(err)) {
       io.stderr(`qalqon: ${(err as Error).message.replace(/\.$/, '')}.\n`);
       return EXIT_REFUSED;
     }

@@ -9,6 +9,7 @@
  * | `GET /v1/devices` | bearer | — | DeviceListResponse |
  * | `DELETE /v1/devices/:deviceId` | bearer | — | OkResponse |
  * | `GET /v1/keys/:userName` | bearer | — | BundlesResponse (consumes one-time prekeys) |
+ * | `GET /v1/keys/:userName/devices` | bearer | — | UserDevicesResponse (consumes nothing) |
  * | `GET /v1/keys` | bearer | — | PrekeyStatusResponse |
  * | `POST /v1/keys/one-time` | bearer | PrekeyUploadRequest | PrekeyStatusResponse |
  * | `PUT /v1/keys/signed` | bearer | SignedPrekeyRequest | OkResponse |
@@ -129,6 +130,19 @@ export const BundlesResponse = z.strictObject({
   userId: UserId,
   userName: UserName,
   bundles: z.array(PrekeyBundle),
+});
+
+/**
+ * A user's identity key and current device ids, without consuming prekeys: a client checks
+ * it before every send, so a removed device stops being encrypted to and a new one (or a
+ * changed identity key) is noticed without waiting for a message.
+ */
+export const UserDevicesResponse = z.strictObject({
+  userId: UserId,
+  userName: UserName,
+  /** Absent while the user has never enrolled. */
+  identityKey: EcPublicKey.optional(),
+  devices: z.array(z.strictObject({ deviceId: DeviceId, registrationId: RegistrationId })),
 });
 
 export const PrekeyUploadRequest = z.strictObject({

@@ -1,6 +1,12 @@
 /** The prekey directory over HTTPS: bundles, atomic one-time prekey consumption, replenishment, rotation. */
 import { x25519GenerateKeyPair, xeddsaSign, xeddsaVerify } from '@qalqon/crypto';
-import { BundlesResponse, decodeBase64, encodeBase64, type PrekeyBundleJson } from '@qalqon/wire';
+import {
+  BundlesResponse,
+  decodeBase64,
+  encodeBase64,
+  type PrekeyBundleJson,
+  UserDevicesResponse,
+} from '@qalqon/wire';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   enrol,
@@ -129,5 +135,26 @@ describe('prekey directory', () => {
     // Fetching nothing consumed bob's single prekey.
     const b = (await http(h, 'GET', '/v1/keys/bob', undefined, { token: aliceToken })).json as Bundles;
     expect(b.bundles[0]!.oneTimePrekey?.id).toBe(1);
+  });
+});
+
+describe('device list of a user (GET /v1/keys/:userName/devices)', () => {
+  it('names the identity key and current devices without consuming one-time prekeys', async () => {
+    const { h, bob, aliceToken, bobToken } = await twoUsers(3);
+    const r = await http(h, 'GET', '/v1/keys/bob/devices', undefined, { token: aliceToken });
+    expect(r.status).toBe(200);
+    expect(UserDevicesResponse.safeParse(r.json).success).toBe(true);
+    expect(r.json).toEqual({
+      userId: bob.userId,
+      userName: 'bob',
+      identityKey: bob.keys.json.identityKey,
+      devices: [{ deviceId: bob.deviceId, registrationId: bob.keys.json.registrationId }],
+    });
+    const status = await http(h, 'GET', '/v1/keys', undefined, { token: bobToken });
+    expect(status.json).toEqual({ oneTimePrekeys: 3, replenish: true });
+    expect((await http(h, 'GET', '/v1/keys/nobody/devices', undefined, { token: aliceToken })).status).toBe(
+      404,
+    );
+    expect((await http(h, 'GET', '/v1/keys/bob/devices')).status).toBe(401);
   });
 });

@@ -63,6 +63,20 @@ export async function keysPlugin(app: FastifyInstance, opts: { ctx: ServiceConte
     };
   });
 
+  app.get('/v1/keys/:userName/devices', async (req) => {
+    authenticate(ctx, req);
+    const { userName } = parse(UserNameParam, req.params);
+    const user = await ctx.storage.findUserByName(userName);
+    if (!user) throw new ApiError('USER_NOT_FOUND', 404, `no user named ${userName}`);
+    const devices = await ctx.storage.listDevices(user.id);
+    return {
+      userId: user.id,
+      userName: user.name,
+      ...(user.identityKey ? { identityKey: encodeBase64(user.identityKey) } : {}),
+      devices: devices.map((d) => ({ deviceId: d.deviceId, registrationId: d.registrationId })),
+    };
+  });
+
   app.get('/v1/keys', async (req) => {
     const me = authenticate(ctx, req);
     const d = await ctx.storage.getDevice(me.userId, me.deviceId);

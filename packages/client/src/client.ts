@@ -1,0 +1,1330 @@
+/**
+ * One device of a user: its profile (settings + SQLCipher database), its connection to the
+ * pinned server, and the end-to-end sessions with every device it talks to.
+ *
+ * The protocol package is pure (record in, new record out), so the order of writes is this
+ * module's job, and it is what keeps a message from being lost or shown twice:
+ *
+ * - sending: every new session record is committed BEFORE the ciphertext leaves; encrypting
+ *   twice from one stored record would reuse a message key.
+ * - receiving: decrypt → commit the new session record, the used one-time prekey's
+ *   deletion, the message and the envelope id in one transaction → show → acknowledge. A
+ *   redelivered envelope is recognised by its id; a second copy of the same message (its id
+ *   is the sender's, shared by all copies) is stored once and shown once.
+ *
+ * Trust: a device is encrypted to only if its prekeys verify under the user's identity key
+ * and that key is the one this profile knows for the user (trust on first use, then a
+ * change is announced; after `verify`, a change blocks sending until verified again).
+ */
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { constantTimeEqual, randomBytes, xeddsaSign } from '@qalqon/crypto';
+import {
+  CiphertextMessageType,
+  computeFingerprint,
+  decryptMessage,
+  deserializeIdentityKeyPair,
+  deserializeKyberPreKeyRecord,
+  deserializePreKeyRecord,
+  deserializeSessionRecord,
+  deserializeSignedPreKeyRecord,
+  encryptMessage,
+  formatSafetyNumber,
+  generateCurveKeyPair,
+  generateIdentityKeyPair,
+  generateKyberPreKey,
+  generatePreKeys,
+  generateSignedPreKey,
+  type IdentityKeyPair,
+  isProtocolError,
+  type LocalIdentity,
+  type PreKeyBundle,
+  type PreKeyLookup,
+  type PreKeyRecord,
+  processPreKeyBundle,
+  type SessionRecord,
+  serializeIdentityKeyPair,
+  serializeKyberPreKeyRecord,
+  serializePreKeyRecord,
+  serializeSignedPreKeyRecord,
+  verifyPreKeyBundle,
+} from '@qalqon/protocol';
+import {
+  authChallengeMessage,
+  BundlesResponse,
+  ChallengeResponse,
+  DeviceListResponse,
+  decodeBase64,
+  EnrolResponse,
+  encodeBase64,
+  LinkCreateResponse,
+  LinkLookupResponse,
+  LinkPollResponse,
+  MAX_DEVICE_NAME_LEN,
+  MAX_PREKEYS_PER_UPLOAD,
+  MAX_REGISTRATION_ID,
+  MAX_SEND_BATCH,
+  type NewDeviceJson,
+  OkResponse,
+  PrekeyStatusResponse,
+  SendResponse,
+  ServerFrame,
+  SessionResponse,
+  UserDevicesResponse,
+  UserName,
+  z,
+} from '@qalqon/wire';
+import type WebSocket from 'ws';
+import { ClientError } from './errors.js';
+import {
+  createDatabaseKey,
+  deleteOsKey,
+  type KeystoreAccess,
+  type KeystoreKind,
+  loadDatabaseKey,
+  type WrappedKey,
+} from './keystore.js';
+import { linkCodeFor, newLinkRequest, openHandover, sealHandover, splitLinkCode } from './link-handover.js';
+import {
+  type ClientDatabase,
+  createProfileDir,
+  DATABASE_FILE,
+  Meta,
+  openDatabase,
+  type ProfileSettings,
+  readSettings,
+  SETTINGS_FILE,
+  writeSettings,
+} from './store.js';
+import { checkPin, parseServerUrl, ServerConnection } from './transport.js';
+
+/** One-time prekeys a device keeps on the server; topped up when the server says it is low. */
+export const ONE_TIME_PREKEY_TARGET = 100;
+/** Signed and Kyber prekeys are replaced after this long (Signal rotates weekly-to-monthly). */
+export const PREKEY_ROTATION_MS = 7 * 24 * 60 * 60 * 1000;
+/** Replaced prekeys are kept this long, for PreKeySignalMessages still in flight. */
+export const OLD_PREKEY_GRACE_MS = 30 * 24 * 60 * 60 * 1000;
+/** Largest message text, bytes of UTF-8. */
+export const MAX_TEXT_BYTES = 64 * 1024;
+/** `receive` without a wait returns after the server has been quiet this long. */
+export const DRAIN_QUIET_MS = 1000;
+/** Link approval is awaited this long by default (the server's slot lives 10 minutes). */
+export const LINK_WAIT_MS = 10 * 60_000;
+const LINK_POLL_MS = 1000;
+/** How long a handled envelope's id is remembered (see `receive`). */
+const SEEN_ENVELOPE_TTL_MS = 30 * 24 * 60 * 60 * 1000;
+/** libsignal's prekey id space as the wire allows it. */
+const MAX_WIRE_PREKEY_ID = 0xffffff;
+const FINGERPRINT_VERSION = 2;
+
+/** What the sender encrypts: the text and what every copy of it needs to be shown once, in the right conversation. */
+const Content = z.strictObject({
+  v: z.literal(1),
+  id: z.string().regex(/^[0-9a-f]{32}$/),
+  sentAt: z.int().min(0),
+  from: UserName,
+  /** The conversation: the recipient user (for a copy to the sender's own devices, the peer). */
+  to: UserName,
+  text: z.string().max(MAX_TEXT_BYTES),
+});
+type Content = z.output<typeof Content>;
+
+/** A message as `recv` shows it. */
+export interface ReceivedMessage {
+  readonly from: string;
+  readonly device: number;
+  readonly channel: string | null;
+  /** The 1:1 conversation it belongs to, named by the other user: the sender, or for a copy of this user's own message (from another of their devices), its recipient. */
+  readonly conversation: string;
+  readonly text: string;
+  readonly sentAt: number;
+  readonly id: string;
+}
+
+/** An envelope that could not be read: why (a protocol or client code), and from whom. */
+export interface ReceiveFailure {
+  readonly code: string;
+  /** The sender's user name if this profile knows it (the server names only the account id). */
+  readonly from: string | undefined;
+  readonly envelopeId: string;
+  readonly senderUserId: string;
+  readonly senderDeviceId: number;
+}
+
+export interface ClientOptions {
+  readonly profile: string;
+  /** Asked for the passphrase of a passphrase-protected profile. */
+  readonly passphrase?: (() => string | Promise<string>) | undefined;
+  /** Informational lines (first-use pin, weaker keystore). */
+  readonly notice?: ((line: string) => void) | undefined;
+  /** Security warnings (identity key changed, untrusted device skipped). */
+  readonly warning?: ((line: string) => void) | undefined;
+  /** The clock, injectable so tests can age prekeys. */
+  readonly now?: (() => number) | undefined;
+}
+
+export interface NewProfileOptions extends ClientOptions {
+  readonly server: string;
+  readonly pin?: string | undefined;
+  readonly keystore?: KeystoreKind | undefined;
+  readonly deviceName?: string | undefined;
+}
+
+interface PreparedProfile {
+  readonly server: string;
+  readonly pin: string | undefined;
+  readonly deviceName: string;
+  readonly kind: KeystoreKind;
+  readonly keyId: string;
+  readonly key: Uint8Array;
+  readonly wrapped: WrappedKey | undefined;
+}
+
+interface Contact {
+  readonly userId: string;
+  readonly name: string;
+  readonly identityKey: Uint8Array;
+  readonly verified: boolean;
+  readonly blocked: boolean;
+}
+
+function utf8(s: string): Uint8Array {
+  return new TextEncoder().encode(s);
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && constantTimeEqual(a, b);
+}
+
+function randomRegistrationId(): number {
+  const b = randomBytes(2);
+  return 1 + (((b[0]! << 8) | b[1]!) % MAX_REGISTRATION_ID);
+}
+
+function checkUserName(name: string, label: string): string {
+  if (!UserName.safeParse(name).success) {
+    throw new ClientError(
+      'INVALID_ARGUMENT',
+      `"${label}" expected a user name ([a-z0-9][a-z0-9._-]*, at most 64)`,
+    );
+  }
+  return name;
+}
+
+function checkDeviceName(name: string | undefined): string {
+  const n = name ?? 'qalqon cli';
+  if (typeof n !== 'string' || n.length < 1 || n.length > MAX_DEVICE_NAME_LEN) {
+    throw new ClientError('INVALID_ARGUMENT', `"deviceName" expected 1..${MAX_DEVICE_NAME_LEN} characters`);
+  }
+  return n;
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export class QalqonClient {
+  readonly #dir: string;
+  readonly #db: ClientDatabase;
+  readonly #meta: Meta;
+  readonly #conn: ServerConnection;
+  readonly #opts: ClientOptions;
+  readonly #identity: IdentityKeyPair;
+  readonly #registrationId: number;
+  #settings: ProfileSettings;
+  #closed = false;
+
+  private constructor(dir: string, db: ClientDatabase, settings: ProfileSettings, opts: ClientOptions) {
+    this.#dir = dir;
+    this.#db = db;
+    this.#meta = new Meta(db);
+    this.#opts = opts;
+    this.#settings = settings;
+    this.#conn = new ServerConnection(parseServerUrl(settings.server), this.#pinStore());
+    const id = this.#meta.bytes('identity');
+    const reg = this.#meta.number('registration_id');
+    if (!id || reg === undefined)
+      throw new ClientError('PROFILE_CORRUPT', 'the profile database holds no identity');
+    this.#identity = deserializeIdentityKeyPair(id);
+    this.#registrationId = reg;
+  }
+
+  #pinStore() {
+    // A getter, so a pin recorded on first use is the one every later connection checks.
+    const self = this;
+    return {
+      get pin() {
+        return self.#settings.pin;
+      },
+      onFirstUse(pin: string) {
+        self.#settings = { ...self.#settings, pin };
+        writeSettings(self.#dir, self.#settings);
+        self.#opts.notice?.(`pinned the server's key ${pin} on first use`);
+      },
+    };
+  }
+
+  #now(): number {
+    return this.#opts.now?.() ?? Date.now();
+  }
+
+  get userId(): string {
+    return this.#meta.string('user_id') ?? '';
+  }
+  get userName(): string {
+    return this.#meta.string('user_name') ?? '';
+  }
+  get deviceId(): number {
+    return this.#meta.number('device_id') ?? 0;
+  }
+  get pin(): string | undefined {
+    return this.#settings.pin;
+  }
+
+  // --- opening and creating profiles -------------------------------------------------------
+
+  /** Opens an existing profile (unlocking its database key). */
+  static async open(opts: ClientOptions): Promise<QalqonClient> {
+    const settings = readSettings(opts.profile);
+    const key = await loadDatabaseKey(
+      settings.keyId,
+      settings.keystore,
+      settings.wrappedKey,
+      access(opts, settings.keystore),
+    );
+    const db = openDatabase(opts.profile, key, false);
+    key.fill(0);
+    try {
+      const c = new QalqonClient(opts.profile, db, settings, opts);
+      if (c.deviceId === 0)
+        throw new ClientError('PROFILE_STATE', `${opts.profile} holds no registered device`);
+      return c;
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Creates the profile's files and keys, runs `register` (which talks to the server and
+   * returns the device's ids), and on any failure removes what it created, so the same
+   * directory can be used again.
+   */
+  /**
+   * Checks the options, creates the profile directory and its database key (refusing
+   * without a reachable secure store unless in passphrase mode). Done before anything is
+   * asked of the server, so a link is never approved for a device that cannot store it.
+   */
+  static async #prepare(opts: NewProfileOptions): Promise<PreparedProfile> {
+    const server = parseServerUrl(opts.server);
+    const pin = opts.pin === undefined ? undefined : checkPin(opts.pin);
+    const deviceName = checkDeviceName(opts.deviceName);
+    const kind = opts.keystore ?? 'os';
+    if (kind !== 'os' && kind !== 'passphrase') {
+      throw new ClientError('INVALID_ARGUMENT', '"keystore" expected os or passphrase');
+    }
+    createProfileDir(opts.profile);
+    const keyId = Buffer.from(randomBytes(16)).toString('hex');
+    const { key, wrapped } = await createDatabaseKey(keyId, access(opts, kind));
+    return { server: server.url, pin, deviceName, kind, keyId, key, wrapped };
+  }
+
+  /** Undoes `#prepare` and whatever `#create` wrote, so the directory can be used again. */
+  static #discard(profile: string, p: PreparedProfile): void {
+    p.key.fill(0);
+    if (p.kind === 'os') deleteOsKey(p.keyId);
+    for (const f of [SETTINGS_FILE, DATABASE_FILE, `${DATABASE_FILE}-wal`, `${DATABASE_FILE}-shm`]) {
+      rmSync(join(profile, f), { force: true });
+    }
+  }
+
+  /**
+   * Writes the profile's settings and database, runs `register` (which talks to the server
+   * and returns the device's ids), and on any failure removes what was created.
+   */
+  static async #create(
+    opts: NewProfileOptions,
+    p: PreparedProfile,
+    identity: IdentityKeyPair | undefined,
+    register: (
+      c: QalqonClient,
+      device: NewDeviceJson,
+    ) => Promise<{ userId: string; userName: string; deviceId: number }>,
+  ): Promise<QalqonClient> {
+    let db: ClientDatabase | undefined;
+    try {
+      const settings: ProfileSettings = {
+        format: 1,
+        server: p.server,
+        pin: p.pin,
+        keystore: p.kind,
+        keyId: p.keyId,
+        wrappedKey: p.wrapped,
+      };
+      writeSettings(opts.profile, settings);
+      db = openDatabase(opts.profile, p.key, true);
+      p.key.fill(0);
+      const meta = new Meta(db);
+      const ident = identity ?? generateIdentityKeyPair();
+      meta.set('identity', serializeIdentityKeyPair(ident));
+      meta.set('registration_id', randomRegistrationId());
+      const client = new QalqonClient(opts.profile, db, settings, opts);
+      const device = client.#newDeviceKeys(p.deviceName);
+      const ids = await register(client, device);
+      db.transaction(() => {
+        meta.set('user_id', ids.userId);
+        meta.set('user_name', ids.userName);
+        meta.set('device_id', ids.deviceId);
+      })();
+      return client;
+    } catch (err) {
+      db?.close();
+      QalqonClient.#discard(opts.profile, p);
+      throw err;
+    }
+  }
+
+  /** `qalqon enroll`: a new identity for the user named by the administrator's code. */
+  static async enroll(opts: NewProfileOptions & { readonly code: string }): Promise<QalqonClient> {
+    if (typeof opts.code !== 'string' || !/^[\x21-\x7e]{16,256}$/.test(opts.code)) {
+      throw new ClientError(
+        'INVALID_ARGUMENT',
+        '"code" expected the enrolment code an administrator gave you',
+      );
+    }
+    const p = await QalqonClient.#prepare(opts);
+    return QalqonClient.#create(opts, p, undefined, async (c, device) =>
+      c.#conn.request('POST', '/v1/enrol', EnrolResponse, { code: opts.code, device }),
+    );
+  }
+
+  /**
+   * `qalqon link`: opens a link slot, hands the printable link code to `onLinkCode`, waits
+   * for an existing device to approve, takes over the identity from the handover and
+   * registers this device with it.
+   */
+  static async link(
+    opts: NewProfileOptions & { readonly onLinkCode: (code: string) => void; readonly waitMs?: number },
+  ): Promise<QalqonClient> {
+    // The profile and its key first: a link must not be approved for a device that cannot keep it.
+    const p = await QalqonClient.#prepare(opts);
+    let creating = false;
+    try {
+      // The slot is opened through a connection pinned the same way (the settings come later).
+      let pin = p.pin;
+      const conn = new ServerConnection(parseServerUrl(p.server), {
+        get pin() {
+          return pin;
+        },
+        onFirstUse(seen: string) {
+          pin = seen;
+          opts.notice?.(`pinned the server's key ${seen} on first use`);
+        },
+      });
+      const { ephemeral, request } = newLinkRequest();
+      const slot = await conn.request('POST', '/v1/link', LinkCreateResponse, {
+        request: encodeBase64(request),
+      });
+      opts.onLinkCode(linkCodeFor(slot.linkCode, request));
+      const deadline = Date.now() + (opts.waitMs ?? LINK_WAIT_MS);
+      for (;;) {
+        const poll = await conn.request('POST', '/v1/link/poll', LinkPollResponse, {
+          linkCode: slot.linkCode,
+        });
+        if (poll.state === 'approved') {
+          const secret = openHandover(ephemeral, request, poll.handover);
+          const handed = HandoverSecret.safeParse(safeJson(secret));
+          secret.fill(0);
+          if (
+            !handed.success ||
+            handed.data.userId !== poll.userId ||
+            handed.data.userName !== poll.userName
+          ) {
+            throw new ClientError(
+              'LINK_HANDOVER_INVALID',
+              'the link handover does not match the approving user',
+            );
+          }
+          let identity: IdentityKeyPair;
+          try {
+            identity = deserializeIdentityKeyPair(decodeBase64(handed.data.identity) ?? new Uint8Array());
+          } catch {
+            throw new ClientError('LINK_HANDOVER_INVALID', 'the link handover carries no valid identity');
+          }
+          creating = true;
+          return await QalqonClient.#create(opts, { ...p, pin }, identity, async (c, device) => {
+            const r = await c.#conn.request('POST', '/v1/link/complete', EnrolResponse, {
+              linkCode: slot.linkCode,
+              device,
+            });
+            if (r.userId !== poll.userId) {
+              throw new ClientError(
+                'LINK_HANDOVER_INVALID',
+                'the server registered the device to another user',
+              );
+            }
+            return r;
+          });
+        }
+        if (Date.now() + LINK_POLL_MS > deadline) {
+          throw new ClientError(
+            'LINK_TIMEOUT',
+            'no existing device approved the link in time; run "qalqon link" again',
+          );
+        }
+        await sleep(LINK_POLL_MS);
+      }
+    } catch (err) {
+      // #create cleans up after itself; before it, the prepared key and directory are ours to undo.
+      if (!creating) QalqonClient.#discard(opts.profile, p);
+      throw err;
+    }
+  }
+
+  /** Writes a new pin into a profile: the one way to accept a changed server key. */
+  static repin(profile: string, pin: string): { previous: string | undefined; pin: string } {
+    checkPin(pin);
+    const s = readSettings(profile);
+    writeSettings(profile, { ...s, pin });
+    return { previous: s.pin, pin };
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#db.close();
+  }
+
+  // --- keys ------------------------------------------------------------------------------
+
+  #local(): LocalIdentity {
+    return { identityKeyPair: this.#identity, registrationId: this.#registrationId };
+  }
+
+  #nextId(name: string): number {
+    const id = this.#meta.number(name) ?? 1;
+    this.#meta.set(name, id >= MAX_WIRE_PREKEY_ID ? 1 : id + 1);
+    return id;
+  }
+
+  #storeSigned(now: number): { id: number; publicKey: string; signature: string } {
+    const spk = generateSignedPreKey(this.#identity, this.#nextId('next_signed_id'), { timestamp: now });
+    this.#db
+      .prepare('INSERT OR REPLACE INTO signed_prekeys (id, record, created_at) VALUES (?, ?, ?)')
+      .run(spk.id, Buffer.from(serializeSignedPreKeyRecord(spk)), now);
+    return {
+      id: spk.id,
+      publicKey: encodeBase64(spk.keyPair.publicKey),
+      signature: encodeBase64(spk.signature),
+    };
+  }
+
+  #storeKyber(now: number): { id: number; publicKey: string; signature: string } {
+    const kpk = generateKyberPreKey(this.#identity, this.#nextId('next_kyber_id'), { timestamp: now });
+    this.#db
+      .prepare('INSERT OR REPLACE INTO kyber_prekeys (id, record, created_at) VALUES (?, ?, ?)')
+      .run(kpk.id, Buffer.from(serializeKyberPreKeyRecord(kpk)), now);
+    return { id: kpk.id, publicKey: encodeBase64(kpk.publicKey), signature: encodeBase64(kpk.signature) };
+  }
+
+  #storeOneTime(count: number): { id: number; publicKey: string }[] {
+    const first = this.#meta.number('next_prekey_id') ?? 1;
+    const n = Math.min(count, MAX_WIRE_PREKEY_ID - first + 1);
+    const keys: PreKeyRecord[] = generatePreKeys(first, n);
+    this.#meta.set('next_prekey_id', first + n > MAX_WIRE_PREKEY_ID ? 1 : first + n);
+    const ins = this.#db.prepare('INSERT OR REPLACE INTO prekeys (id, record) VALUES (?, ?)');
+    for (const k of keys) ins.run(k.id, Buffer.from(serializePreKeyRecord(k)));
+    return keys.map((k) => ({ id: k.id, publicKey: encodeBase64(k.keyPair.publicKey) }));
+  }
+
+  /** Keys for registration, stored before they are uploaded. */
+  #newDeviceKeys(name: string): NewDeviceJson {
+    const auth = generateCurveKeyPair();
+    const now = this.#now();
+    return this.#db.transaction(() => {
+      this.#meta.set('auth_private', auth.privateKey);
+      const signedPrekey = this.#storeSigned(now);
+      const kyberPrekey = this.#storeKyber(now);
+      const oneTimePrekeys = this.#storeOneTime(ONE_TIME_PREKEY_TARGET);
+      // Published by the registration itself (a failed registration discards the profile).
+      this.#meta.set('signed_prekeys_published', signedPrekey.id);
+      this.#meta.set('kyber_prekeys_published', kyberPrekey.id);
+      return {
+        name,
+        registrationId: this.#registrationId,
+        identityKey: encodeBase64(this.#identity.publicKey),
+        authKey: encodeBase64(auth.publicKey),
+        signedPrekey,
+        kyberPrekey,
+        oneTimePrekeys,
+      };
+    })();
+  }
+
+  #prekeyLookup(): PreKeyLookup {
+    const row = (table: string, id: number) =>
+      (
+        this.#db.prepare(`SELECT record FROM ${table} WHERE id = ?`).get(id) as
+          | { record: Uint8Array }
+          | undefined
+      )?.record;
+    return {
+      getSignedPreKey: (id) => {
+        const r = row('signed_prekeys', id);
+        return r ? deserializeSignedPreKeyRecord(new Uint8Array(r)) : undefined;
+      },
+      getKyberPreKey: (id) => {
+        const r = row('kyber_prekeys', id);
+        return r ? deserializeKyberPreKeyRecord(new Uint8Array(r)) : undefined;
+      },
+      getPreKey: (id) => {
+        const r = row('prekeys', id);
+        return r ? deserializePreKeyRecord(new Uint8Array(r)) : undefined;
+      },
+    };
+  }
+
+  /**
+   * Without user action: tops up one-time prekeys when the server reports fewer than its
+   * watermark, and replaces the signed and Kyber prekeys once they are PREKEY_ROTATION_MS
+   * old (the old ones stay for OLD_PREKEY_GRACE_MS, for messages still in flight).
+   * Every new key is committed before it is uploaded.
+   */
+  async maintainPrekeys(): Promise<{ uploaded: number; rotatedSigned: boolean; rotatedKyber: boolean }> {
+    await this.#signIn();
+    const now = this.#now();
+    const status = await this.#conn.request('GET', '/v1/keys', PrekeyStatusResponse);
+    let uploaded = 0;
+    if (status.replenish) {
+      const want = Math.min(
+        MAX_PREKEYS_PER_UPLOAD,
+        Math.max(0, ONE_TIME_PREKEY_TARGET - status.oneTimePrekeys),
+      );
+      if (want > 0) {
+        const keys = this.#db.transaction(() => this.#storeOneTime(want))();
+        await this.#conn.request('POST', '/v1/keys/one-time', PrekeyStatusResponse, { oneTimePrekeys: keys });
+        uploaded = keys.length;
+      }
+    }
+    const rotate = async (table: 'signed_prekeys' | 'kyber_prekeys'): Promise<boolean> => {
+      const newest = this.#db
+        .prepare(`SELECT id, created_at FROM ${table} ORDER BY created_at DESC, id DESC LIMIT 1`)
+        .get() as { id: number; created_at: number } | undefined;
+      const published = this.#meta.number(`${table}_published`);
+      let rotated = false;
+      let prekey: { id: number; publicKey: string; signature: string } | undefined;
+      if (newest === undefined || now - newest.created_at >= PREKEY_ROTATION_MS) {
+        prekey = this.#db.transaction(() =>
+          table === 'signed_prekeys' ? this.#storeSigned(now) : this.#storeKyber(now),
+        )();
+        rotated = true;
+      } else if (published !== undefined && published !== newest.id) {
+        // A rotation whose upload failed last time: publish the key we already made.
+        const row = this.#prekeyLookup();
+        const r = table === 'signed_prekeys' ? row.getSignedPreKey(newest.id) : undefined;
+        const k = table === 'kyber_prekeys' ? row.getKyberPreKey(newest.id) : undefined;
+        if (r)
+          prekey = {
+            id: r.id,
+            publicKey: encodeBase64(r.keyPair.publicKey),
+            signature: encodeBase64(r.signature),
+          };
+        if (k)
+          prekey = { id: k.id, publicKey: encodeBase64(k.publicKey), signature: encodeBase64(k.signature) };
+      }
+      if (prekey) {
+        await this.#conn.request(
+          'PUT',
+          table === 'signed_prekeys' ? '/v1/keys/signed' : '/v1/keys/kyber',
+          OkResponse,
+          {
+            prekey,
+          },
+        );
+        this.#meta.set(`${table}_published`, prekey.id);
+      }
+      // A replaced key goes once its successor has been published for OLD_PREKEY_GRACE_MS:
+      // until then PreKeySignalMessages made from the old bundle may still arrive.
+      this.#db
+        .prepare(
+          `DELETE FROM ${table} WHERE EXISTS (SELECT 1 FROM ${table} AS newer WHERE newer.created_at > ${table}.created_at AND newer.created_at <= ?)`,
+        )
+        .run(now - OLD_PREKEY_GRACE_MS);
+      return rotated;
+    };
+    const rotatedSigned = await rotate('signed_prekeys');
+    const rotatedKyber = await rotate('kyber_prekeys');
+    return { uploaded, rotatedSigned, rotatedKyber };
+  }
+
+  // --- server session -------------------------------------------------------------------
+
+  async #signIn(): Promise<void> {
+    if (this.#conn.token !== undefined) return;
+    const who = { userId: this.userId, deviceId: this.deviceId };
+    const c = await this.#conn.request('POST', '/v1/auth/challenge', ChallengeResponse, who);
+    const priv = this.#meta.bytes('auth_private');
+    if (!priv) throw new ClientError('PROFILE_CORRUPT', 'the profile database holds no device key');
+    const signature = xeddsaSign(priv, authChallengeMessage(c.challenge, who.userId, who.deviceId));
+    const s = await this.#conn.request('POST', '/v1/auth/session', SessionResponse, {
+      ...who,
+      challenge: encodeBase64(c.challenge),
+      signature: encodeBase64(signature),
+    });
+    this.#conn.token = s.token;
+  }
+
+  // --- contacts and trust -----------------------------------------------------------------
+
+  #contactById(userId: string): Contact | undefined {
+    const r = this.#db.prepare('SELECT * FROM contacts WHERE user_id = ?').get(userId) as
+      | { user_id: string; name: string; identity_key: Uint8Array; verified: number; blocked: number }
+      | undefined;
+    return r
+      ? {
+          userId: r.user_id,
+          name: r.name,
+          identityKey: new Uint8Array(r.identity_key),
+          verified: r.verified === 1,
+          blocked: r.blocked === 1,
+        }
+      : undefined;
+  }
+
+  /**
+   * Records `identityKey` for the user. A new contact is trusted on first use; a changed key
+   * is announced, ends the old sessions, and if the contact had been verified blocks sending
+   * until the new safety number is verified.
+   */
+  #learnIdentity(userId: string, name: string, identityKey: Uint8Array): Contact {
+    const known = this.#contactById(userId);
+    if (known && equal(known.identityKey, identityKey)) {
+      if (known.name !== name)
+        this.#db.prepare('UPDATE contacts SET name = ? WHERE user_id = ?').run(name, userId);
+      return { ...known, name };
+    }
+    this.#db.transaction(() => {
+      // A name now belonging to another user id (a removed and re-created account) is a different person.
+      this.#db.prepare('DELETE FROM contacts WHERE name = ? AND user_id <> ?').run(name, userId);
+      if (!known) {
+        this.#db
+          .prepare('INSERT INTO contacts (user_id, name, identity_key) VALUES (?, ?, ?)')
+          .run(userId, name, Buffer.from(identityKey));
+        return;
+      }
+      this.#db
+        .prepare(
+          'UPDATE contacts SET name = ?, identity_key = ?, verified = 0, blocked = ? WHERE user_id = ?',
+        )
+        .run(name, Buffer.from(identityKey), known.verified || known.blocked ? 1 : 0, userId);
+      this.#db.prepare('DELETE FROM sessions WHERE user_id = ?').run(userId);
+    })();
+    if (known) {
+      this.#opts.warning?.(
+        known.verified || known.blocked
+          ? `the identity key of ${name} has changed since you verified it: their safety number is new, and sending to ${name} is refused until you compare it and run "qalqon verify" again`
+          : `the identity key of ${name} has changed (a new safety number); compare it with "qalqon safety-number ${name}" if that is unexpected`,
+      );
+    }
+    return this.#contactById(userId)!;
+  }
+
+  /** Fetches the user's identity key and device ids (consumes no prekeys) and reconciles the contact. */
+  async #refreshUser(name: string): Promise<{ contact: Contact; devices: number[] }> {
+    await this.#signIn();
+    const u = await this.#conn.request(
+      'GET',
+      `/v1/keys/${encodeURIComponent(name)}/devices`,
+      UserDevicesResponse,
+    );
+    if (u.userName !== name) throw new ClientError('SERVER_PROTOCOL', 'the server answered for another user');
+    if (!u.identityKey) throw new ClientError('NO_TRUSTED_DEVICE', `${name} has not enrolled a device yet`);
+    if (u.userId === this.userId) {
+      if (!equal(u.identityKey, this.#identity.publicKey)) {
+        throw new ClientError(
+          'IDENTITY_CHANGED',
+          'the server lists another identity key for your own account (it was enrolled afresh elsewhere); this device is no longer current',
+        );
+      }
+      return {
+        contact: {
+          userId: u.userId,
+          name,
+          identityKey: this.#identity.publicKey,
+          verified: true,
+          blocked: false,
+        },
+        devices: u.devices.map((d) => d.deviceId),
+      };
+    }
+    const contact = this.#learnIdentity(u.userId, name, u.identityKey);
+    return { contact, devices: u.devices.map((d) => d.deviceId) };
+  }
+
+  #loadSession(userId: string, deviceId: number): SessionRecord | undefined {
+    const r = this.#db
+      .prepare('SELECT record FROM sessions WHERE user_id = ? AND device_id = ?')
+      .get(userId, deviceId) as { record: Uint8Array } | undefined;
+    return r ? deserializeSessionRecord(new Uint8Array(r.record)) : undefined;
+  }
+
+  #saveSession(userId: string, deviceId: number, record: SessionRecord): void {
+    this.#db
+      .prepare(
+        'INSERT INTO sessions (user_id, device_id, record) VALUES (?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET record = excluded.record',
+      )
+      .run(userId, deviceId, Buffer.from(record.serialize()));
+  }
+
+  /**
+   * Prekey bundles for the devices that have no usable session yet (the network half of
+   * setting up sessions). A device whose bundle does not carry the user's known identity
+   * key, or whose prekey signatures do not verify under it, is left out with a warning: the
+   * server alone cannot add a device that this client encrypts to.
+   */
+  async #bundlesFor(contact: Contact, deviceIds: number[]): Promise<Map<number, PreKeyBundle>> {
+    const out = new Map<number, PreKeyBundle>();
+    for (const deviceId of deviceIds) {
+      if (this.#loadSession(contact.userId, deviceId)?.hasUsableSenderChain(this.#now())) continue;
+      const r = await this.#conn.request(
+        'GET',
+        `/v1/keys/${encodeURIComponent(contact.name)}?deviceId=${deviceId}`,
+        BundlesResponse,
+      );
+      const b = r.bundles.find((x) => x.deviceId === deviceId);
+      if (r.userId !== contact.userId || !b) continue;
+      const bundle: PreKeyBundle = {
+        registrationId: b.registrationId,
+        deviceId: b.deviceId,
+        preKeyId: b.oneTimePrekey?.id,
+        preKey: b.oneTimePrekey?.publicKey,
+        signedPreKeyId: b.signedPrekey.id,
+        signedPreKey: b.signedPrekey.publicKey,
+        signedPreKeySignature: b.signedPrekey.signature,
+        identityKey: b.identityKey,
+        kyberPreKeyId: b.kyberPrekey.id,
+        kyberPreKey: b.kyberPrekey.publicKey,
+        kyberPreKeySignature: b.kyberPrekey.signature,
+      };
+      let trusted = equal(b.identityKey, contact.identityKey);
+      if (trusted) {
+        try {
+          verifyPreKeyBundle(bundle);
+        } catch (err) {
+          if (!isProtocolError(err)) throw err;
+          trusted = false;
+        }
+      }
+      if (trusted) out.set(deviceId, bundle);
+      else {
+        this.#opts.warning?.(
+          `device ${deviceId} of ${contact.name} is not signed by ${contact.name}'s identity key; not encrypting to it`,
+        );
+      }
+    }
+    return out;
+  }
+
+  // --- sending ----------------------------------------------------------------------------
+
+  /**
+   * Encrypts `text` to every device of `to` and to this user's other devices, and hands the
+   * ciphertexts to the server. Refused (IDENTITY_CHANGED) while a verified contact's new
+   * identity key is unverified.
+   */
+  async send(to: string, text: string): Promise<{ id: string; sentAt: number; devices: number }> {
+    checkUserName(to, 'to');
+    if (typeof text !== 'string' || text.length === 0 || utf8(text).length > MAX_TEXT_BYTES) {
+      throw new ClientError('INVALID_ARGUMENT', `"text" expected 1..${MAX_TEXT_BYTES} bytes of text`);
+    }
+    await this.maintainPrekeys();
+    const peer = await this.#refreshUser(to);
+    if (peer.contact.blocked) {
+      throw new ClientError(
+        'IDENTITY_CHANGED',
+        `${to}'s identity key changed after you verified it; compare the new safety number and run "qalqon verify" before sending`,
+      );
+    }
+    const self = to === this.userName ? peer : await this.#refreshUser(this.userName);
+    const targets: { contact: Contact; deviceIds: number[] }[] = [
+      {
+        contact: peer.contact,
+        deviceIds: peer.devices.filter((d) => to !== this.userName || d !== this.deviceId),
+      },
+    ];
+    if (to !== this.userName) {
+      targets.push({ contact: self.contact, deviceIds: self.devices.filter((d) => d !== this.deviceId) });
+    }
+    const content: Content = {
+      v: 1,
+      id: Buffer.from(randomBytes(16)).toString('hex'),
+      sentAt: this.#now(),
+      from: this.userName,
+      to,
+      text,
+    };
+    const plaintext = utf8(JSON.stringify(content));
+    const plans: { contact: Contact; deviceIds: number[]; bundles: Map<number, PreKeyBundle> }[] = [];
+    for (const t of targets) plans.push({ ...t, bundles: await this.#bundlesFor(t.contact, t.deviceIds) });
+    // Load, encrypt and store in one IMMEDIATE transaction: another process on this profile
+    // (a `recv --wait`, say) cannot advance a session between our read and our write, and the
+    // new records are committed before anything leaves (a second encrypt from the old
+    // records would reuse message keys).
+    const envelopes = this.#db
+      .transaction(() => {
+        const out: { recipientUserId: string; recipientDeviceId: number; body: string }[] = [];
+        for (const p of plans) {
+          for (const deviceId of p.deviceIds) {
+            let record = this.#loadSession(p.contact.userId, deviceId);
+            if (!record?.hasUsableSenderChain(this.#now())) {
+              const bundle = p.bundles.get(deviceId);
+              if (!bundle) continue;
+              record = processPreKeyBundle(record, bundle, this.#local(), { now: this.#now() }).record;
+            }
+            const e = encryptMessage(record, plaintext, { now: this.#now() });
+            this.#saveSession(p.contact.userId, deviceId, e.record);
+            const body = new Uint8Array(1 + e.message.body.length);
+            body[0] = e.message.type;
+            body.set(e.message.body, 1);
+            out.push({
+              recipientUserId: p.contact.userId,
+              recipientDeviceId: deviceId,
+              body: encodeBase64(body),
+            });
+          }
+          // Sessions with devices the user no longer has are dropped: never encrypted to again.
+          const keep = new Set(p.deviceIds);
+          const rows = this.#db
+            .prepare('SELECT device_id FROM sessions WHERE user_id = ?')
+            .all(p.contact.userId) as {
+            device_id: number;
+          }[];
+          for (const r of rows) {
+            if (!keep.has(r.device_id)) {
+              this.#db
+                .prepare('DELETE FROM sessions WHERE user_id = ? AND device_id = ?')
+                .run(p.contact.userId, r.device_id);
+            }
+          }
+        }
+        if (to !== this.userName && !out.some((e) => e.recipientUserId === peer.contact.userId)) {
+          // Thrown inside the transaction, so nothing of this attempt is kept.
+          throw new ClientError('NO_TRUSTED_DEVICE', `${to} has no device this client can encrypt to`);
+        }
+        this.#db
+          .prepare(
+            'INSERT OR IGNORE INTO messages (sender_user_id, message_id, sender_name, sender_device, peer, channel, text, sent_at, received_at, displayed) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, 1)',
+          )
+          .run(
+            this.userId,
+            content.id,
+            this.userName,
+            this.deviceId,
+            to,
+            text,
+            content.sentAt,
+            content.sentAt,
+          );
+        return out;
+      })
+      .immediate();
+    for (let i = 0; i < envelopes.length; i += MAX_SEND_BATCH) {
+      await this.#conn.request('POST', '/v1/messages', SendResponse, {
+        messages: envelopes.slice(i, i + MAX_SEND_BATCH),
+      });
+    }
+    return { id: content.id, sentAt: content.sentAt, devices: envelopes.length };
+  }
+
+  // --- receiving --------------------------------------------------------------------------
+
+  /**
+   * Receives queued messages: with `waitMs` 0 until the server has been quiet for
+   * DRAIN_QUIET_MS, otherwise for `waitMs`. Each new message is stored, handed to
+   * `onMessage`, then acknowledged. Unreadable envelopes go to `onFailure` with their code
+   * and are acknowledged (they would never become readable); the session is unchanged.
+   */
+  async receive(options: {
+    waitMs?: number;
+    onMessage: (m: ReceivedMessage) => void;
+    onFailure?: (f: ReceiveFailure) => void;
+  }): Promise<{ received: number; failed: number }> {
+    const waitMs = options.waitMs ?? 0;
+    if (!Number.isFinite(waitMs) || waitMs < 0)
+      throw new ClientError('INVALID_ARGUMENT', '"waitMs" expected a non-negative number');
+    await this.maintainPrekeys();
+    // The server redelivers only what was never acknowledged, so an envelope id is needed
+    // only until its ack has landed; a month is far beyond that.
+    this.#db.prepare('DELETE FROM envelopes_seen WHERE at < ?').run(this.#now() - SEEN_ENVELOPE_TTL_MS);
+    let received = 0;
+    let failed = 0;
+    // Stored but not yet shown (a crash between commit and display): shown first.
+    for (const m of this.#undisplayed()) {
+      options.onMessage(m.message);
+      this.#markDisplayed(m.senderUserId, m.message.id);
+      received++;
+    }
+    const ws = await this.#conn.openSocket();
+    try {
+      let chain = Promise.resolve();
+      let lastActivity = Date.now();
+      let readyResolve: () => void = () => undefined;
+      const ready = new Promise<void>((r) => {
+        readyResolve = r;
+      });
+      let socketError: Error | undefined;
+      let handlerError: unknown;
+      const keep = (err: unknown) => {
+        handlerError ??= err;
+      };
+      let closed = false;
+      let closeCode = 0;
+      ws.on('close', (code: number) => {
+        closed = true;
+        closeCode = code;
+        readyResolve();
+      });
+      ws.on('error', () => undefined);
+      ws.on('message', (data: WebSocket.RawData) => {
+        lastActivity = Date.now();
+        let json: unknown;
+        try {
+          json = JSON.parse(String(data));
+        } catch {
+          json = undefined;
+        }
+        const parsed = ServerFrame.safeParse(json);
+        if (!parsed.success) {
+          socketError = new ClientError('SERVER_PROTOCOL', 'the server sent a frame off the wire contract');
+          ws.close();
+          return;
+        }
+        const f = parsed.data;
+        if (f.type === 'ready') readyResolve();
+        else if (f.type === 'error') {
+          socketError = new ClientError('SERVER_PROTOCOL', `the server refused a frame (${f.code})`);
+        } else if (f.type === 'prekeys-low') {
+          chain = chain
+            .then(() =>
+              handlerError === undefined ? this.maintainPrekeys().then(() => undefined) : undefined,
+            )
+            .catch(keep);
+        } else if (f.type === 'envelope') {
+          chain = chain
+            .then(async () => {
+              // After a failure nothing more is processed: unacknowledged envelopes come again next time.
+              if (handlerError !== undefined) return;
+              const r = await this.#handleEnvelope(f);
+              if (r.message) {
+                options.onMessage(r.message);
+                this.#markDisplayed(f.senderUserId, r.message.id);
+                received++;
+              }
+              if (r.failure) {
+                options.onFailure?.(r.failure);
+                failed++;
+              }
+              ws.send(JSON.stringify({ type: 'ack', ids: [f.id] }));
+              lastActivity = Date.now();
+            })
+            .catch(keep);
+        }
+      });
+      ws.send(JSON.stringify({ type: 'auth', token: this.#conn.token }));
+      await ready;
+      if (closed && socketError === undefined) {
+        throw new ClientError('SERVER_UNREACHABLE', 'the server closed the connection before it was ready');
+      }
+      const start = Date.now();
+      for (;;) {
+        await sleep(100);
+        await chain;
+        if (handlerError !== undefined) throw handlerError;
+        if (socketError) throw socketError;
+        // No silent reconnect: the caller decides whether to run again.
+        if (closed) {
+          throw new ClientError(
+            'SERVER_UNREACHABLE',
+            `the server closed the connection (WebSocket close code ${closeCode}${closeCode === 4000 ? ': another connection of this device took over' : ''})`,
+          );
+        }
+        if (waitMs > 0 ? Date.now() - start >= waitMs : Date.now() - lastActivity >= DRAIN_QUIET_MS) break;
+      }
+      await chain;
+      if (handlerError !== undefined) throw handlerError;
+    } finally {
+      ws.close();
+    }
+    return { received, failed };
+  }
+
+  #undisplayed(): { senderUserId: string; message: ReceivedMessage }[] {
+    const rows = this.#db
+      .prepare('SELECT * FROM messages WHERE displayed = 0 ORDER BY received_at')
+      .all() as {
+      sender_user_id: string;
+      message_id: string;
+      sender_name: string;
+      sender_device: number;
+      peer: string;
+      channel: string | null;
+      text: string;
+      sent_at: number;
+    }[];
+    return rows.map((r) => ({
+      senderUserId: r.sender_user_id,
+      message: {
+        from: r.sender_name,
+        device: r.sender_device,
+        channel: r.channel,
+        conversation: r.peer,
+        text: r.text,
+        sentAt: r.sent_at,
+        id: r.message_id,
+      },
+    }));
+  }
+
+  #markDisplayed(senderUserId: string, id: string): void {
+    this.#db
+      .prepare('UPDATE messages SET displayed = 1 WHERE sender_user_id = ? AND message_id = ?')
+      .run(senderUserId, id);
+  }
+
+  async #handleEnvelope(f: {
+    id: string;
+    senderUserId: string;
+    senderDeviceId: number;
+    body: Uint8Array;
+  }): Promise<{ message?: ReceivedMessage; failure?: ReceiveFailure }> {
+    if (this.#db.prepare('SELECT 1 FROM envelopes_seen WHERE id = ?').get(f.id)) return {};
+    const fail = (code: string) => {
+      this.#db.prepare('INSERT OR IGNORE INTO envelopes_seen (id, at) VALUES (?, ?)').run(f.id, this.#now());
+      return {
+        failure: {
+          code,
+          from: f.senderUserId === this.userId ? this.userName : this.#contactById(f.senderUserId)?.name,
+          envelopeId: f.id,
+          senderUserId: f.senderUserId,
+          senderDeviceId: f.senderDeviceId,
+        },
+      };
+    };
+    const type = f.body[0];
+    if (type !== CiphertextMessageType.PreKey && type !== CiphertextMessageType.Whisper)
+      return fail('INVALID_MESSAGE');
+    const record = this.#loadSession(f.senderUserId, f.senderDeviceId);
+    let result: ReturnType<typeof decryptMessage>;
+    try {
+      result = decryptMessage(
+        record,
+        { type, body: f.body.subarray(1) },
+        this.#local(),
+        this.#prekeyLookup(),
+        {
+          now: this.#now(),
+        },
+      );
+    } catch (err) {
+      if (isProtocolError(err)) return fail(err.code);
+      throw err;
+    }
+    const parsed = Content.safeParse(safeJson(result.plaintext));
+    if (!parsed.success) return fail('INVALID_CONTENT');
+    const c = parsed.data;
+    // Who sent it: the server names the account, the session proves the identity key, and
+    // the two must agree with what this profile knows (or, for a stranger, with the directory).
+    let contact: Contact;
+    if (f.senderUserId === this.userId) {
+      if (!equal(result.remoteIdentityKey, this.#identity.publicKey) || c.from !== this.userName) {
+        return fail('UNTRUSTED_IDENTITY');
+      }
+      contact = {
+        userId: this.userId,
+        name: this.userName,
+        identityKey: this.#identity.publicKey,
+        verified: true,
+        blocked: false,
+      };
+    } else {
+      const known = this.#contactById(f.senderUserId);
+      if (known && known.name === c.from && equal(known.identityKey, result.remoteIdentityKey)) {
+        contact = known;
+      } else {
+        const u = await this.#conn
+          .request('GET', `/v1/keys/${encodeURIComponent(c.from)}/devices`, UserDevicesResponse)
+          .catch(() => undefined);
+        if (
+          !u ||
+          u.userId !== f.senderUserId ||
+          !u.identityKey ||
+          !equal(u.identityKey, result.remoteIdentityKey) ||
+          !u.devices.some((d) => d.deviceId === f.senderDeviceId)
+        ) {
+          return fail('UNTRUSTED_IDENTITY');
+        }
+        contact = this.#learnIdentity(f.senderUserId, c.from, result.remoteIdentityKey);
+      }
+      if (c.to !== this.userName) return fail('INVALID_CONTENT');
+    }
+    const now = this.#now();
+    // The checks above ran on a decryption outside any transaction (they may need the
+    // network). The one that counts runs again inside an IMMEDIATE transaction on the record
+    // as stored now, so a concurrent process on this profile (a `send`) cannot have its
+    // ratchet step overwritten, and the record, the prekey deletion, the message and the
+    // envelope id are committed together.
+    const outcome = this.#db
+      .transaction((): 'fresh' | 'repeat' | { code: string } => {
+        if (this.#db.prepare('SELECT 1 FROM envelopes_seen WHERE id = ?').get(f.id)) return 'repeat';
+        let final: ReturnType<typeof decryptMessage>;
+        try {
+          final = decryptMessage(
+            this.#loadSession(f.senderUserId, f.senderDeviceId),
+            { type, body: f.body.subarray(1) },
+            this.#local(),
+            this.#prekeyLookup(),
+            { now },
+          );
+        } catch (err) {
+          if (isProtocolError(err)) return { code: err.code };
+          throw err;
+        }
+        if (!equal(final.remoteIdentityKey, result.remoteIdentityKey)) return { code: 'UNTRUSTED_IDENTITY' };
+        this.#saveSession(f.senderUserId, f.senderDeviceId, final.record);
+        const used = 'usedPreKeys' in final ? final.usedPreKeys : undefined;
+        if (used?.preKeyId !== undefined)
+          this.#db.prepare('DELETE FROM prekeys WHERE id = ?').run(used.preKeyId);
+        this.#db.prepare('INSERT OR IGNORE INTO envelopes_seen (id, at) VALUES (?, ?)').run(f.id, now);
+        const inserted = this.#db
+          .prepare(
+            'INSERT OR IGNORE INTO messages (sender_user_id, message_id, sender_name, sender_device, peer, channel, text, sent_at, received_at, displayed) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, 0)',
+          )
+          .run(
+            f.senderUserId,
+            c.id,
+            contact.name,
+            f.senderDeviceId,
+            f.senderUserId === this.userId ? c.to : c.from,
+            c.text,
+            c.sentAt,
+            now,
+          ).changes;
+        return inserted === 1 ? 'fresh' : 'repeat';
+      })
+      .immediate();
+    if (typeof outcome === 'object') return fail(outcome.code);
+    const fresh = outcome === 'fresh';
+    if (!fresh) return {};
+    return {
+      message: {
+        from: contact.name,
+        device: f.senderDeviceId,
+        channel: null,
+        conversation: f.senderUserId === this.userId ? c.to : c.from,
+        text: c.text,
+        sentAt: c.sentAt,
+        id: c.id,
+      },
+    };
+  }
+
+  // --- devices ----------------------------------------------------------------------------
+
+  /** `device approve`: hands this user's identity to the device that showed `linkCode`. */
+  async approveLink(linkCode: string): Promise<void> {
+    const { slotCode } = splitLinkCode(linkCode);
+    await this.#signIn();
+    const slot = await this.#conn.request('POST', '/v1/link/lookup', LinkLookupResponse, {
+      linkCode: slotCode,
+    });
+    const secret = utf8(
+      JSON.stringify({
+        v: 1,
+        userId: this.userId,
+        userName: this.userName,
+        identity: encodeBase64(serializeIdentityKeyPair(this.#identity)),
+      }),
+    );
+    const handover = sealHandover(linkCode, slot.request, secret);
+    secret.fill(0);
+    await this.#conn.request('POST', '/v1/link/approve', OkResponse, {
+      linkCode: slotCode,
+      handover: encodeBase64(handover),
+    });
+  }
+
+  async listDevices(): Promise<{ deviceId: number; name: string; createdAt: number; current: boolean }[]> {
+    await this.#signIn();
+    const r = await this.#conn.request('GET', '/v1/devices', DeviceListResponse);
+    return r.devices.map((d) => ({
+      deviceId: d.deviceId,
+      name: d.name,
+      createdAt: d.createdAt,
+      current: d.deviceId === this.deviceId,
+    }));
+  }
+
+  async removeDevice(deviceId: number): Promise<void> {
+    if (!Number.isSafeInteger(deviceId) || deviceId < 1)
+      throw new ClientError('INVALID_ARGUMENT', '"deviceId" expected a positive integer');
+    await this.#signIn();
+    await this.#conn.request('DELETE', `/v1/devices/${deviceId}`, OkResponse);
+    this.#db.prepare('DELETE FROM sessions WHERE user_id = ? AND device_id = ?').run(this.userId, deviceId);
+  }
+
+  // --- verification -----------------------------------------------------------------------
+
+  #safetyDigits(contact: Contact): string {
+    return computeFingerprint({
+      version: FINGERPRINT_VERSION,
+      localStableId: utf8(this.userId),
+      localIdentityKey: this.#identity.publicKey,
+      remoteStableId: utf8(contact.userId),
+      remoteIdentityKey: contact.identityKey,
+    }).displayable;
+  }
+
+  /** The 60-digit safety number with `user` (12 groups of 5), from the identity key the server lists now. */
+  async safetyNumber(user: string): Promise<{ safetyNumber: string; verified: boolean }> {
+    checkUserName(user, 'user');
+    if (user === this.userName) throw new ClientError('INVALID_ARGUMENT', '"user" must be someone else');
+    const { contact } = await this.#refreshUser(user);
+    return { safetyNumber: formatSafetyNumber(this.#safetyDigits(contact)), verified: contact.verified };
+  }
+
+  /** Marks `user` verified if `number` (spaces allowed) equals the current safety number; compared in constant time. */
+  async verify(user: string, number: string): Promise<void> {
+    checkUserName(user, 'user');
+    const digits = typeof number === 'string' ? number.replace(/\s+/g, '') : '';
+    if (!/^[0-9]{60}$/.test(digits))
+      throw new ClientError('INVALID_ARGUMENT', '"number" expected 60 digits (spaces allowed)');
+    if (user === this.userName) throw new ClientError('INVALID_ARGUMENT', '"user" must be someone else');
+    const { contact } = await this.#refreshUser(user);
+    if (!constantTimeEqual(utf8(this.#safetyDigits(contact)), utf8(digits))) {
+      throw new ClientError(
+        'SAFETY_NUMBER_MISMATCH',
+        `that is not the safety number with ${user}; do not trust this conversation until the numbers match`,
+      );
+    }
+    this.#db.prepare('UPDATE contacts SET verified = 1, blocked = 0 WHERE user_id = ?').run(contact.userId);
+  }
+}
+
+const HandoverSecret = z.strictObject({
+  v: z.literal(1),
+  userId: z.string(),
+  userName: z.string(),
+  identity: z.string(),
+});
+
+function safeJson(bytes: Uint8Array): unknown {
+  try {
+    return JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes));
+  } catch {
+    return undefined;
+  }
+}
+
+function access(opts: ClientOptions, kind: KeystoreKind): KeystoreAccess {
+  return { kind, passphrase: opts.passphrase, notice: opts.notice };
+}

@@ -1,0 +1,193 @@
+/**
+ * The profile directory: one device. It holds
+ *
+ * - `profile.json` (0600): non-secret settings: the server URL, its pinned key, which
+ *   keystore holds the database key, and in passphrase mode the sealed key;
+ * - `client.db` (0600): an SQLCipher database (SQLite3MultipleCiphers' `sqlcipher` scheme,
+ *   SQLCipher 4 defaults: AES-256-CBC pages with HMAC-SHA512) keyed with a raw 256-bit key:
+ *   identity, prekeys, sessions, contacts and history.
+ *
+ * Every write that belongs together (a session record and the message it decrypted, say)
+ * goes in one transaction, so a crash leaves either both or neither.
+ */
+import { closeSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { AES256_KEY_LEN } from '@qalqon/crypto';
+import Database from 'better-sqlite3-multiple-ciphers';
+import { ClientError } from './errors.js';
+import type { KeystoreKind, WrappedKey } from './keystore.js';
+
+export const SETTINGS_FILE = 'profile.json';
+export const DATABASE_FILE = 'client.db';
+const SETTINGS_FORMAT = 1;
+const SCHEMA_VERSION = 1;
+
+export interface ProfileSettings {
+  readonly format: 1;
+  readonly server: string;
+  /** `sha256/<base64>`; absent until the first connection pins it. */
+  readonly pin?: string | undefined;
+  readonly keystore: KeystoreKind;
+  /** Names the key in the OS store and binds the sealed key: 32 hex digits. */
+  readonly keyId: string;
+  readonly wrappedKey?: WrappedKey | undefined;
+}
+
+export function settingsPath(dir: string): string {
+  return join(dir, SETTINGS_FILE);
+}
+
+export function readSettings(dir: string): ProfileSettings {
+  let text: string;
+  try {
+    text = readFileSync(settingsPath(dir), 'utf8');
+  } catch {
+    throw new ClientError(
+      'PROFILE_STATE',
+      `${dir} holds no Qalqon profile (run "qalqon enroll" or "qalqon link")`,
+    );
+  }
+  let s: ProfileSettings;
+  try {
+    s = JSON.parse(text) as ProfileSettings;
+  } catch {
+    throw new ClientError('PROFILE_CORRUPT', `${settingsPath(dir)} is not valid JSON`);
+  }
+  if (
+    s?.format !== SETTINGS_FORMAT ||
+    typeof s.server !== 'string' ||
+    (s.keystore !== 'os' && s.keystore !== 'passphrase') ||
+    typeof s.keyId !== 'string' ||
+    !/^[0-9a-f]{32}$/.test(s.keyId) ||
+    (s.pin !== undefined && typeof s.pin !== 'string')
+  ) {
+    throw new ClientError('PROFILE_CORRUPT', `${settingsPath(dir)} is not a profile of a known format`);
+  }
+  return s;
+}
+
+/** Writes the settings atomically (temp file, fsync by rename) with mode 0600. */
+export function writeSettings(dir: string, s: ProfileSettings): void {
+  const tmp = `${settingsPath(dir)}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify(s, null, 2)}\n`, { mode: 0o600, flush: true });
+  renameSync(tmp, settingsPath(dir));
+}
+
+/** Creates the profile directory (0700); refuses one that already holds a profile. */
+export function createProfileDir(dir: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (
+    lstatSync(settingsPath(dir), { throwIfNoEntry: false }) ||
+    lstatSync(join(dir, DATABASE_FILE), { throwIfNoEntry: false })
+  ) {
+    throw new ClientError('PROFILE_STATE', `${dir} already holds a profile; use another directory`);
+  }
+}
+
+const SCHEMA = `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
+CREATE TABLE prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL) STRICT;
+CREATE TABLE signed_prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL, created_at INTEGER NOT NULL) STRICT;
+CREATE TABLE kyber_prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL, created_at INTEGER NOT NULL) STRICT;
+CREATE TABLE sessions (
+  user_id TEXT NOT NULL, device_id INTEGER NOT NULL, record BLOB NOT NULL,
+  PRIMARY KEY (user_id, device_id)) STRICT;
+CREATE TABLE contacts (
+  user_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, identity_key BLOB NOT NULL,
+  verified INTEGER NOT NULL DEFAULT 0,
+  -- 1 after the identity key changed while verified: sending is refused until re-verified.
+  blocked INTEGER NOT NULL DEFAULT 0) STRICT;
+-- Envelopes already handled (decrypted or refused), so a redelivery is acknowledged, not reprocessed.
+CREATE TABLE envelopes_seen (id TEXT PRIMARY KEY, at INTEGER NOT NULL) STRICT;
+-- The history: one row per message, keyed by the sender's message id, which every copy of a
+-- message (to each of a user's devices) shares: shown once however often it arrives.
+CREATE TABLE messages (
+  sender_user_id TEXT NOT NULL, message_id TEXT NOT NULL, sender_name TEXT NOT NULL,
+  sender_device INTEGER NOT NULL, peer TEXT NOT NULL, channel TEXT, text TEXT NOT NULL,
+  sent_at INTEGER NOT NULL, received_at INTEGER NOT NULL, displayed INTEGER NOT NULL,
+  PRIMARY KEY (sender_user_id, message_id)) STRICT;
+`;
+
+export type ClientDatabase = Database.Database;
+
+function isNotADb(err: unknown): boolean {
+  const code = err instanceof Error ? (err as { code?: unknown }).code : undefined;
+  return code === 'SQLITE_NOTADB';
+}
+
+/** Opens (creating with `create`) the SQLCipher database of a profile with its raw key. */
+export function openDatabase(dir: string, key: Uint8Array, create: boolean): ClientDatabase {
+  if (!(key instanceof Uint8Array) || key.length !== AES256_KEY_LEN) {
+    throw new ClientError('INVALID_ARGUMENT', `"key" expected Uint8Array of length ${AES256_KEY_LEN}`);
+  }
+  const path = join(dir, DATABASE_FILE);
+  const exists = lstatSync(path, { throwIfNoEntry: false }) !== undefined;
+  if (!exists && !create) throw new ClientError('PROFILE_STATE', `${dir} holds no database`);
+  // Created by us with 0600 before SQLite opens it; the -wal and -shm files inherit the mode.
+  if (!exists) closeSync(openSync(path, 'wx', 0o600));
+  const db = new Database(path);
+  try {
+    db.pragma(`cipher='sqlcipher'`);
+    db.pragma('legacy=4');
+    // The raw-key form skips SQLCipher's KDF: the key is already uniformly random.
+    db.pragma(`key="x'${Buffer.from(key).toString('hex')}'"`);
+    try {
+      db.prepare('SELECT count(*) FROM sqlite_master').get();
+    } catch (err) {
+      if (isNotADb(err)) {
+        throw new ClientError(
+          'DATABASE_UNREADABLE',
+          `the key does not open ${path} (wrong key, or not a Qalqon profile)`,
+        );
+      }
+      throw err;
+    }
+    db.pragma('journal_mode=WAL');
+    db.pragma('synchronous=FULL');
+    // Sorts and temporary tables stay in memory, never in an unencrypted temp file.
+    db.pragma('temp_store=MEMORY');
+    db.pragma('busy_timeout=5000');
+    const version = db.pragma('user_version', { simple: true }) as number;
+    if (version === 0) {
+      db.transaction(() => {
+        db.exec(SCHEMA);
+        db.pragma(`user_version=${SCHEMA_VERSION}`);
+      })();
+    } else if (version !== SCHEMA_VERSION) {
+      throw new ClientError('PROFILE_CORRUPT', `the profile database has unknown schema version ${version}`);
+    }
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
+  }
+}
+
+/** Typed access to the `meta` table. */
+export class Meta {
+  readonly #get: Database.Statement<[string], { value: Uint8Array | string | number }>;
+  readonly #set: Database.Statement<[string, Uint8Array | string | number]>;
+
+  constructor(db: ClientDatabase) {
+    this.#get = db.prepare('SELECT value FROM meta WHERE key = ?');
+    this.#set = db.prepare(
+      'INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value',
+    );
+  }
+
+  bytes(key: string): Uint8Array | undefined {
+    const v = this.#get.get(key)?.value;
+    return v instanceof Uint8Array ? new Uint8Array(v) : undefined;
+  }
+  string(key: string): string | undefined {
+    const v = this.#get.get(key)?.value;
+    return typeof v === 'string' ? v : undefined;
+  }
+  number(key: string): number | undefined {
+    const v = this.#get.get(key)?.value;
+    return typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : undefined;
+  }
+  set(key: string, value: Uint8Array | string | number): void {
+    this.#set.run(key, value instanceof Uint8Array ? Buffer.from(value) : value);
+  }
+}
