@@ -38,6 +38,10 @@ export type ServerErrorCode =
   | 'DEK_NOT_FOUND'
   /** The encrypted database could not be opened: wrong key, or not a Qalqon database. */
   | 'DATABASE_UNREADABLE'
+  /** The database server cannot be reached, refused the connection, or does not offer the TLS the configuration requires. */
+  | 'DATABASE_UNAVAILABLE'
+  /** A database statement failed unexpectedly (the message names its SQLSTATE, never row values). */
+  | 'DATABASE_FAILED'
   /** The database was migrated by a newer server than this one. */
   | 'SCHEMA_TOO_NEW'
   /** A sealed field failed authentication: tampered with, moved between rows, or sealed under another key. */

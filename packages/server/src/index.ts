@@ -30,6 +30,12 @@ export { generateSelfSignedIdentity, spkiPin, type TlsIdentity } from './service
 export * from './storage/embedded.js';
 export { type FieldRef, FieldSealer, SEAL_OVERHEAD } from './storage/field-sealer.js';
 export { type Migration, type MigrationResult, migrate } from './storage/migrations.js';
+export {
+  openPostgresStorage,
+  PostgresStorage,
+  type PostgresStorageOptions,
+  rewrapPostgresDataKeys,
+} from './storage/postgres.js';
 export { type OpenSqlcipherOptions, openSqlcipher, type SqliteDatabase } from './storage/sqlcipher.js';
 export { SqliteStorage, type SqliteStorageOptions } from './storage/sqlite.js';
 export * from './storage/types.js';

@@ -22,7 +22,8 @@ export interface MigrationResult {
   readonly applied: readonly number[];
 }
 
-function checkList(migrations: readonly Migration[]): void {
+/** Throws INVALID_ARGUMENT unless the versions run 1, 2, 3, ... in order (every backend's runner checks this). */
+export function checkList(migrations: readonly Migration[]): void {
   migrations.forEach((m, i) => {
     if (m.version !== i + 1) {
       throw new ServerError(

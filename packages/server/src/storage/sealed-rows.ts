@@ -1,0 +1,133 @@
+/**
+ * What every storage backend does the same way, whatever its database: new ids, the row
+ * identities sealed fields are bound to, the enrolment-code hash, sealing a device's
+ * fields and opening them again, and summing a fan-out per recipient.
+ *
+ * Keeping these in one place is what makes "sealed exactly as on the embedded backend"
+ * true by construction: the AAD of a sealed value is (table, column, row id), so both
+ * backends must name tables, columns and row ids identically, and they do because they
+ * call the same functions.
+ */
+import { hmacSha256, randomBytes } from '@qalqon/crypto';
+import type { FieldRef, FieldSealer } from './field-sealer.js';
+import type { Device, NewDevice, NewEnvelope } from './types.js';
+
+const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
+
+/** A new 128-bit id as 32 hex digits (users, envelopes). */
+export function newId(): string {
+  return Buffer.from(randomBytes(16)).toString('hex');
+}
+
+/** The row identity of a device: `<userId>/<deviceId>`. */
+export function deviceRowId(userId: string, deviceId: number): string {
+  return `${userId}/${deviceId}`;
+}
+
+export function ref(table: string, column: string, rowId: string): FieldRef {
+  return { table, column, rowId };
+}
+
+export function identityKeyRef(userId: string): FieldRef {
+  return ref('users', 'identity_key', userId);
+}
+
+export function oneTimePrekeyRef(userId: string, deviceId: number, prekeyId: number): FieldRef {
+  return ref('one_time_prekeys', 'public_key', `${deviceRowId(userId, deviceId)}/${prekeyId}`);
+}
+
+export function envelopeBodyRef(envelopeId: string): FieldRef {
+  return ref('envelopes', 'body', envelopeId);
+}
+
+/** The keyed hash an enrolment code is stored as, so a stolen table cannot be brute-forced offline. */
+export function enrolmentCodeHash(lookupKey: Uint8Array, code: string): Uint8Array {
+  return hmacSha256(lookupKey, new TextEncoder().encode(CODE_HASH_DOMAIN + code));
+}
+
+/** A device's sealed columns, as both backends store them. */
+export interface SealedDeviceFields {
+  readonly name: Uint8Array;
+  readonly signed_prekey: Uint8Array;
+  readonly signed_prekey_signature: Uint8Array;
+  readonly kyber_prekey: Uint8Array;
+  readonly kyber_prekey_signature: Uint8Array;
+  readonly auth_key: Uint8Array | null;
+}
+
+export function sealDeviceFields(
+  sealer: FieldSealer,
+  userId: string,
+  deviceId: number,
+  d: NewDevice,
+): SealedDeviceFields {
+  const rowId = deviceRowId(userId, deviceId);
+  const s = (column: string, v: Uint8Array) => sealer.seal(ref('devices', column, rowId), v);
+  return {
+    name: sealer.sealString(ref('devices', 'name', rowId), d.name),
+    signed_prekey: s('signed_prekey', d.signedPrekey.publicKey),
+    signed_prekey_signature: s('signed_prekey_signature', d.signedPrekey.signature),
+    kyber_prekey: s('kyber_prekey', d.kyberPrekey.publicKey),
+    kyber_prekey_signature: s('kyber_prekey_signature', d.kyberPrekey.signature),
+    auth_key: d.authKey === undefined ? null : s('auth_key', d.authKey),
+  };
+}
+
+/** A device row as both backends read it (the one-time prekey count computed by the query). */
+export interface DeviceRowFields extends SealedDeviceFields {
+  readonly user_id: string;
+  readonly device_id: number;
+  readonly registration_id: number;
+  readonly signed_prekey_id: number;
+  readonly kyber_prekey_id: number;
+  readonly created_at: number;
+  readonly otpk_count: number;
+}
+
+export function openDevice(sealer: FieldSealer, row: DeviceRowFields): Device {
+  const rowId = deviceRowId(row.user_id, row.device_id);
+  const o = (column: string, v: Uint8Array) => sealer.open(ref('devices', column, rowId), v);
+  return {
+    userId: row.user_id,
+    deviceId: row.device_id,
+    name: sealer.openString(ref('devices', 'name', rowId), row.name),
+    registrationId: row.registration_id,
+    signedPrekey: {
+      id: row.signed_prekey_id,
+      publicKey: o('signed_prekey', row.signed_prekey),
+      signature: o('signed_prekey_signature', row.signed_prekey_signature),
+    },
+    kyberPrekey: {
+      id: row.kyber_prekey_id,
+      publicKey: o('kyber_prekey', row.kyber_prekey),
+      signature: o('kyber_prekey_signature', row.kyber_prekey_signature),
+    },
+    oneTimePrekeyCount: row.otpk_count,
+    authKey: row.auth_key === null ? undefined : o('auth_key', row.auth_key),
+    createdAt: row.created_at,
+  };
+}
+
+/** One recipient device's share of an enqueue. */
+export interface RecipientTally {
+  readonly userId: string;
+  readonly deviceId: number;
+  count: number;
+  bytes: number;
+}
+
+/** Sums envelope counts and plaintext bytes per recipient device, in first-seen order. */
+export function tallyRecipients(envelopes: readonly NewEnvelope[]): Map<string, RecipientTally> {
+  const out = new Map<string, RecipientTally>();
+  for (const e of envelopes) {
+    const key = deviceRowId(e.recipientUserId, e.recipientDeviceId);
+    let acc = out.get(key);
+    if (acc === undefined) {
+      acc = { userId: e.recipientUserId, deviceId: e.recipientDeviceId, count: 0, bytes: 0 };
+      out.set(key, acc);
+    }
+    acc.count++;
+    acc.bytes += e.body.length;
+  }
+  return out;
+}
