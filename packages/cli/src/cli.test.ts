@@ -13,9 +13,9 @@ import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { generateSelfSignedIdentity } from '@qalqon/server';
 import { afterEach, describe, expect, it } from 'vitest';
+import { childRunner, firstLine, sourceUrl } from '../../../tests/support/ts-child.js';
 import { run } from './cli.js';
 import type { CliIo } from './io.js';
-import { childRunner, firstLine, sourceUrl } from './ts-child.test-util.js';
 
 const dirs: string[] = [];
 const children: ChildProcess[] = [];

@@ -9,11 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeBase64, encodeBase64 } from '@qalqon/wire';
 import { afterEach, describe, expect, it } from 'vitest';
+import { childRunner, firstLine, sourceUrl } from '../../../../tests/support/ts-child.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { openEmbeddedStorage } from '../storage/embedded.js';
 import { initDataDir, issueEnrolmentCode, TLS_CERT_FILE } from './data-dir.js';
 import { type Endpoint, enrol, signIn, WsClient } from './harness.test-util.js';
-import { childRunner, firstLine, sourceUrl } from './ts-child.test-util.js';
 
 const dirs: string[] = [];
 const children: ChildProcess[] = [];

@@ -7,47 +7,19 @@
  * transpiles with the repository's `typescript` (Node 20 cannot strip types itself), so no
  * build is needed, as for every other test.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { childRunner } from '../../../../tests/support/ts-child.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { openEmbeddedStorage } from './embedded.js';
 import type { NewDevice } from './types.js';
 
-const packagesDir = fileURLToPath(new URL('../../../', import.meta.url));
 const storageDir = fileURLToPath(new URL('./', import.meta.url));
-
-/** Resolves `@qalqon/<pkg>` to its sources and `./x.js` to `./x.ts`; transpiles `.ts` on load. */
-const LOADER = `
-import { existsSync, readFileSync } from 'node:fs';
-import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createRequire } from 'node:module';
-const ts = createRequire(${JSON.stringify(join(packagesDir, '..', 'package.json'))})('typescript');
-const PACKAGES = ${JSON.stringify(packagesDir)};
-export async function resolve(specifier, context, next) {
-  const m = /^@qalqon\\/([a-z-]+)$/.exec(specifier);
-  if (m) return { url: pathToFileURL(PACKAGES + m[1] + '/src/index.ts').href, shortCircuit: true };
-  if (specifier.startsWith('.') && specifier.endsWith('.js') && context.parentURL?.endsWith('.ts')) {
-    const ts = new URL(specifier.slice(0, -3) + '.ts', context.parentURL);
-    if (existsSync(fileURLToPath(ts))) return { url: ts.href, shortCircuit: true };
-  }
-  return next(specifier, context);
-}
-export async function load(url, context, next) {
-  if (!url.endsWith('.ts')) return next(url, context);
-  const out = ts.transpileModule(readFileSync(fileURLToPath(url), 'utf8'), {
-    compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022, verbatimModuleSyntax: true },
-  });
-  return { format: 'module', source: out.outputText, shortCircuit: true };
-}
-`;
-
-const REGISTER = (loaderUrl: string) =>
-  `import { register } from 'node:module'; register(${JSON.stringify(loaderUrl)});`;
 
 const dirs: string[] = [];
 const children: ChildProcess[] = [];
@@ -59,18 +31,9 @@ afterEach(() => {
 function setupDir(): { dir: string; run: (script: string, args: string[]) => ChildProcess } {
   const dir = mkdtempSync(join(tmpdir(), 'qalqon-proc-'));
   dirs.push(dir);
-  writeFileSync(join(dir, 'loader.mjs'), LOADER);
-  writeFileSync(join(dir, 'register.mjs'), REGISTER(pathToFileURL(join(dir, 'loader.mjs')).href));
+  const spawnChild = childRunner(dir);
   const run = (script: string, args: string[]) => {
-    const file = join(dir, `child-${randomBytes(4).toString('hex')}.mjs`);
-    writeFileSync(file, script);
-    const child = spawn(
-      process.execPath,
-      ['--import', pathToFileURL(join(dir, 'register.mjs')).href, file, ...args],
-      {
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
-    );
+    const child = spawnChild(script, args);
     children.push(child);
     return child;
   };

@@ -2,7 +2,7 @@
  * Runs a script as a separate Node process against this repository's TypeScript sources
  * (Node 20 cannot strip types): a tiny module loader resolves `@qalqon/<pkg>` to package
  * sources and `./x.js` to `./x.ts`, and transpiles with the repository's `typescript`.
- * The same technique as storage/sqlite-processes.test.ts.
+ * Shared by every test that needs a real child process (crash tests, CLI tests).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -10,7 +10,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 
-const packagesDir = fileURLToPath(new URL('../../../', import.meta.url));
+const packagesDir = fileURLToPath(new URL('../../packages/', import.meta.url));
 
 const LOADER = `
 import { existsSync, readFileSync } from 'node:fs';
