@@ -174,8 +174,7 @@ export async function enrolDevice(s: Server, name: string, keys: SharedKeys): Pr
   return { userId, deviceId, token: session.token as string };
 }
 
-export interface EnvelopeFrame {
-  readonly type: 'envelope';
+export interface PushedEnvelope {
   readonly id: string;
   readonly body: string;
 }
@@ -189,12 +188,17 @@ export function connect(
   const ws = new WebSocket(`wss://${s.host}:${s.port}/v1/ws`, { ...tlsOptions(s), perMessageDeflate: false });
   return new Promise((resolve, reject) => {
     ws.once('error', reject);
-    ws.once('open', () => ws.send(JSON.stringify({ type: 'auth', token: d.token })));
+    // batch: the server pushes several envelopes per `envelopes` frame.
+    ws.once('open', () => ws.send(JSON.stringify({ type: 'auth', token: d.token, batch: true })));
+    let ready = false;
     ws.on('message', (data) => {
       const frame = JSON.parse(data.toString()) as { type: string; [k: string]: unknown };
-      if (frame.type === 'ready') resolve(ws);
-      else if (frame.type === 'error')
+      if (frame.type === 'ready') {
+        ready = true;
+        resolve(ws);
+      } else if (frame.type === 'error' && !ready)
         reject(new Error(`ws error frame: ${String(frame.code)} ${String(frame.message)}`));
+      // After `ready`, error frames go to the caller, which fails the request they answer.
       else onFrame(frame);
     });
   });

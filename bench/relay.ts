@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
-import { decodeBase64, encodeBase64 } from '@qalqon/wire';
+import { decodeBase64 } from '@qalqon/wire';
 import type WebSocket from 'ws';
 import { parseFlags } from './lib.js';
 import {
@@ -33,6 +33,7 @@ import {
   type Device,
   enrolDevice,
   makeSharedKeys,
+  type PushedEnvelope,
   pool,
   type Server,
   serverFromDataDir,
@@ -42,6 +43,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(here, '../../..');
 const CLI = join(ROOT, 'packages/cli/dist/main.js');
 const BODY_BYTES = 200;
+const BODY_B64_LEN = 4 * Math.ceil(BODY_BYTES / 3);
 const BATCH = 64;
 const WINDOW = 2;
 const MAX_ACK_IDS = 1000;
@@ -69,9 +71,11 @@ async function startServer(): Promise<{
   dataDir: string;
 }> {
   const dataDir = mkdtempSync(join(tmpdir(), 'qalqon-bench-relay-'));
+  // Extra Node flags for the server only, e.g. QALQON_BENCH_SERVER_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=/tmp/p".
+  const nodeFlags = (process.env.QALQON_BENCH_SERVER_NODE_OPTIONS ?? '').split(/\s+/).filter((f) => f !== '');
   const child = spawn(
     process.execPath,
-    [CLI, 'server', 'start', '--data', dataDir, '--listen', '127.0.0.1:0', '--json'],
+    [...nodeFlags, CLI, 'server', 'start', '--data', dataDir, '--listen', '127.0.0.1:0', '--json'],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
     },
@@ -110,7 +114,7 @@ function maxOpenFiles(pid: number): number {
 
 /** One simulated device: its connection, its in-flight sends and its pending acks. */
 class Sim {
-  readonly #pendingSends = new Map<string, () => void>();
+  readonly #pendingSends = new Map<string, { resolve: () => void; reject: (err: Error) => void }>();
   #acks: string[] = [];
   #ackTimer: NodeJS.Immediate | undefined;
   #seq = 0;
@@ -123,17 +127,37 @@ class Sim {
 
   async open(server: Server): Promise<void> {
     this.ws = await connect(server, this.device, (frame) => {
-      if (frame.type === 'envelope') {
-        const body = decodeBase64(frame.body as string);
-        if (body === undefined || body.length !== BODY_BYTES) throw new Error('envelope body mangled');
-        this.onDelivered(new DataView(body.buffer, body.byteOffset, 8).getFloat64(0));
-        this.#ack(frame.id as string);
+      if (frame.type === 'envelopes') {
+        for (const e of frame.envelopes as PushedEnvelope[]) this.#received(e);
+      } else if (frame.type === 'envelope') {
+        this.#received(frame as unknown as PushedEnvelope);
       } else if (frame.type === 'sent') {
         const done = this.#pendingSends.get(frame.id as string);
         this.#pendingSends.delete(frame.id as string);
-        done?.();
+        done?.resolve();
+      } else if (frame.type === 'error') {
+        // A refused send fails the run instead of leaving it waiting forever.
+        const err = new Error(`the server refused a frame: ${String(frame.code)} ${String(frame.message)}`);
+        const failed = this.#pendingSends.get(frame.id as string);
+        if (failed) {
+          this.#pendingSends.delete(frame.id as string);
+          failed.reject(err);
+        } else throw err;
       }
     });
+    this.ws.on('close', (code) => {
+      for (const p of this.#pendingSends.values())
+        p.reject(new Error(`the server closed the connection (${code})`));
+      this.#pendingSends.clear();
+    });
+  }
+
+  #received(e: PushedEnvelope): void {
+    // Strict decoding for the check; the send time is read from the decoded bytes.
+    const body = e.body.length === BODY_B64_LEN ? decodeBase64(e.body) : undefined;
+    if (body === undefined || body.length !== BODY_BYTES) throw new Error('envelope body mangled');
+    this.onDelivered(new DataView(body.buffer, body.byteOffset, 8).getFloat64(0));
+    this.#ack(e.id);
   }
 
   #ack(id: string): void {
@@ -153,13 +177,18 @@ class Sim {
   /** Sends one frame of envelopes and resolves when the server says they are on disk. */
   send(recipients: readonly Device[]): Promise<void> {
     const id = `s${this.#seq++}`;
-    const messages = recipients.map((r) => {
-      const body = new Uint8Array(BODY_BYTES);
-      new DataView(body.buffer).setFloat64(0, performance.now());
-      return { recipientUserId: r.userId, recipientDeviceId: r.deviceId, body: encodeBase64(body) };
-    });
-    return new Promise((resolvePromise) => {
-      this.#pendingSends.set(id, resolvePromise);
+    // Every envelope of one frame leaves at the same moment: one body, encoded once (Buffer's
+    // base64 is native and the same standard padded encoding the server expects).
+    const body = Buffer.alloc(BODY_BYTES);
+    body.writeDoubleBE(performance.now(), 0);
+    const b64 = body.toString('base64');
+    const messages = recipients.map((r) => ({
+      recipientUserId: r.userId,
+      recipientDeviceId: r.deviceId,
+      body: b64,
+    }));
+    return new Promise((resolvePromise, rejectPromise) => {
+      this.#pendingSends.set(id, { resolve: resolvePromise, reject: rejectPromise });
       this.ws.send(JSON.stringify({ type: 'send', id, messages }));
     });
   }

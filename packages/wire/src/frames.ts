@@ -10,7 +10,23 @@ import { EnvelopeReceipt, OutgoingEnvelope, SessionToken } from './http.js';
 import { MAX_ACK_IDS, MAX_ENVELOPE_BYTES, MAX_ERROR_MESSAGE_LEN, MAX_SEND_BATCH } from './limits.js';
 import { bytes, Count, DeviceId, EnvelopeId, RequestId, Timestamp, UserId } from './primitives.js';
 
-export const AuthFrame = z.strictObject({ type: z.literal('auth'), token: SessionToken });
+/**
+ * Upper bounds of one `envelopes` frame: envelopes, and base64 body characters (a frame may
+ * exceed the latter by one envelope, so it stays under MAX_FRAME_BYTES: 1 MiB plus one
+ * 256 KiB body's 342 KiB of base64 and the JSON around it).
+ */
+export const MAX_PUSH_BATCH = 256;
+export const MAX_PUSH_BATCH_BODY_CHARS = 1024 * 1024;
+
+export const AuthFrame = z.strictObject({
+  type: z.literal('auth'),
+  token: SessionToken,
+  /**
+   * `true`: push queued envelopes as `envelopes` frames (several per frame) instead of one
+   * `envelope` frame each. Absent or false: `envelope` frames only.
+   */
+  batch: z.boolean().optional(),
+});
 /** Like `POST /v1/messages`; answered by `sent` (or `error`) with the same id. */
 export const SendFrame = z.strictObject({
   type: z.literal('send'),
@@ -33,13 +49,25 @@ export const ReadyFrame = z.strictObject({
   oneTimePrekeys: Count,
   replenish: z.boolean(),
 });
-export const EnvelopeFrame = z.strictObject({
-  type: z.literal('envelope'),
+/** One pushed envelope; acknowledge its id with `ack`. */
+export const PushedEnvelope = z.strictObject({
   id: EnvelopeId,
   senderUserId: UserId,
   senderDeviceId: DeviceId,
   createdAt: Timestamp,
   body: bytes(1, MAX_ENVELOPE_BYTES),
+});
+export const EnvelopeFrame = z.strictObject({
+  type: z.literal('envelope'),
+  ...PushedEnvelope.shape,
+});
+/**
+ * Several queued envelopes at once, in delivery order (only to a device that sent
+ * `batch: true` in its `auth` frame). Each is acknowledged by id as if it came alone.
+ */
+export const EnvelopesFrame = z.strictObject({
+  type: z.literal('envelopes'),
+  envelopes: z.array(PushedEnvelope).min(1).max(MAX_PUSH_BATCH),
 });
 export const SentFrame = z.strictObject({
   type: z.literal('sent'),
@@ -60,6 +88,7 @@ export const ErrorFrame = z.strictObject({
 export const ServerFrame = z.discriminatedUnion('type', [
   ReadyFrame,
   EnvelopeFrame,
+  EnvelopesFrame,
   SentFrame,
   PongFrame,
   PrekeysLowFrame,

@@ -98,6 +98,27 @@ describe('schemas', () => {
     expect(ClientFrame.safeParse({ type: 'ack', ids: [] }).success).toBe(false);
     expect(AckFrame.safeParse({ type: 'ack', ids: ['0'.repeat(32)] }).success).toBe(true);
     expect(ServerFrame.safeParse({ type: 'error', code: 'NOPE', message: '' }).success).toBe(false);
+    expect(ClientFrame.safeParse({ type: 'auth', token: 'x'.repeat(43), batch: true }).success).toBe(true);
+    expect(ClientFrame.safeParse({ type: 'auth', token: 'x'.repeat(43), batch: 1 }).success).toBe(false);
+    const pushed = {
+      id: '0'.repeat(32),
+      senderUserId: '1'.repeat(32),
+      senderDeviceId: 1,
+      createdAt: 1_750_000_000_000,
+      body: 'AAEC',
+    };
+    const batch = ServerFrame.safeParse({
+      type: 'envelopes',
+      envelopes: [pushed, { ...pushed, id: '2'.repeat(32) }],
+    });
+    expect(batch.success && batch.data.type === 'envelopes' && batch.data.envelopes[1]?.body).toEqual(
+      new Uint8Array([0, 1, 2]),
+    );
+    expect(ServerFrame.safeParse({ type: 'envelopes', envelopes: [] }).success).toBe(false);
+    expect(
+      ServerFrame.safeParse({ type: 'envelopes', envelopes: [{ ...pushed, type: 'envelope' }] }).success,
+    ).toBe(false);
+    expect(ServerFrame.safeParse({ type: 'envelope', ...pushed }).success).toBe(true);
     for (const code of WIRE_ERROR_CODES) {
       expect(ErrorResponse.safeParse({ error: { code, message: 'm' } }).success).toBe(true);
     }

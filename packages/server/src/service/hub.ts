@@ -8,8 +8,8 @@
  * Order: `seq` increases with every enqueue, and a sender's sends are enqueued one after
  * another, so per-sender order to each device is the seq order the pump delivers in.
  */
-import { encodeBase64, type ServerFrameJson } from '@qalqon/wire';
-import type { Storage } from '../storage/types.js';
+import { MAX_PUSH_BATCH, MAX_PUSH_BATCH_BODY_CHARS, type ServerFrameJson } from '@qalqon/wire';
+import type { Envelope, Storage } from '../storage/types.js';
 import type { ServerMetrics } from './metrics.js';
 
 /**
@@ -18,11 +18,26 @@ import type { ServerMetrics } from './metrics.js';
  */
 export const MAX_IN_FLIGHT = 256;
 export const MAX_IN_FLIGHT_BYTES = 4 * 1024 * 1024;
+/** Envelopes read from storage per query (the byte bound above may stop a page short). */
+export const PAGE = 64;
+
+/** An envelope as a frame carries it; base64 through Buffer, which is native and exact (padded, standard). */
+function wireEnvelope(e: Envelope) {
+  return {
+    id: e.id,
+    senderUserId: e.senderUserId,
+    senderDeviceId: e.senderDeviceId,
+    createdAt: e.createdAt,
+    body: Buffer.from(e.body.buffer, e.body.byteOffset, e.body.byteLength).toString('base64'),
+  };
+}
 
 export interface DeviceConnection {
   readonly userId: string;
   readonly deviceId: number;
   send(frame: ServerFrameJson): void;
+  /** The device asked (in its `auth` frame) for `envelopes` frames carrying several envelopes each. */
+  readonly batch: boolean;
   /** Closes the socket with a WebSocket close code and reason. */
   close(code: number, reason: string): void;
 }
@@ -43,6 +58,11 @@ class Pump {
   #running = false;
   #again = false;
   #stopped = false;
+  /**
+   * The last read came back short: nothing more is queued until notify() says otherwise, so
+   * an ack need not trigger a read. False while flow control (count or bytes) held envelopes back.
+   */
+  drained = false;
 
   constructor(
     conn: DeviceConnection,
@@ -91,26 +111,44 @@ class Pump {
         if (this.#stopped) return;
         const room = MAX_IN_FLIGHT - this.#inFlight.size;
         if (room <= 0 || this.#inFlightBytes >= MAX_IN_FLIGHT_BYTES) break;
+        this.drained = false;
+        const limit = Math.min(room, PAGE);
         const page = await this.storage.fetchEnvelopes(this.conn.userId, this.conn.deviceId, {
           afterSeq: this.#afterSeq,
-          // Small pages: the byte bound is checked between pages, so a page may overshoot it by at most 16 bodies.
-          limit: Math.min(room, 16),
+          limit,
         });
         if (this.#stopped) return;
+        // The byte bound is checked before each envelope, so it is overshot by at most one
+        // body; the rest of a page that hits it is read again when acks make room.
+        let batch: ReturnType<typeof wireEnvelope>[] = [];
+        let batchChars = 0;
+        let sent = 0;
         for (const e of page) {
+          if (this.#inFlightBytes >= MAX_IN_FLIGHT_BYTES) break;
           this.#afterSeq = e.seq;
           this.#inFlight.set(e.id, e.body.length);
           this.#inFlightBytes += e.body.length;
-          this.conn.send({
-            type: 'envelope',
-            id: e.id,
-            senderUserId: e.senderUserId,
-            senderDeviceId: e.senderDeviceId,
-            createdAt: e.createdAt,
-            body: encodeBase64(e.body),
-          });
+          sent++;
+          const w = wireEnvelope(e);
+          if (!this.conn.batch) {
+            this.conn.send({ type: 'envelope', ...w });
+            continue;
+          }
+          if (batch.length === MAX_PUSH_BATCH || batchChars + w.body.length > MAX_PUSH_BATCH_BODY_CHARS) {
+            if (batch.length > 0) this.conn.send({ type: 'envelopes', envelopes: batch });
+            batch = [];
+            batchChars = 0;
+          }
+          batch.push(w);
+          batchChars += w.body.length;
         }
-        if (page.length === 0) break;
+        if (batch.length > 0) this.conn.send({ type: 'envelopes', envelopes: batch });
+        // A short page drained the queue for now: anything enqueued later calls run() again.
+        if (page.length < limit && sent === page.length) {
+          this.drained = true;
+          break;
+        }
+        if (sent < page.length) break;
       }
     } while (this.#again);
   }
@@ -121,6 +159,13 @@ export class MailboxHub {
   readonly #storage: Storage;
   readonly #metrics: ServerMetrics;
   readonly #log: (msg: string) => void;
+  /**
+   * Pumps with news (an enqueue for them, or an ack that made room), run together once per
+   * event-loop turn: a group commit settles many sends and acks at once, and each device
+   * then costs one storage read for all of them instead of one per send frame.
+   */
+  #due = new Set<Pump>();
+  #dueTimer: NodeJS.Immediate | undefined;
 
   constructor(storage: Storage, metrics: ServerMetrics, log: (msg: string) => void) {
     this.#storage = storage;
@@ -163,7 +208,22 @@ export class MailboxHub {
 
   /** New envelopes were enqueued for the device: push them if it is online. */
   notify(userId: string, deviceId: number): void {
-    this.#pumps.get(MailboxHub.key(userId, deviceId))?.run();
+    const pump = this.#pumps.get(MailboxHub.key(userId, deviceId));
+    if (pump) {
+      pump.drained = false;
+      this.#schedule(pump);
+    }
+  }
+
+  #schedule(pump: Pump): void {
+    this.#due.add(pump);
+    this.#dueTimer ??= setImmediate(() => {
+      const due = this.#due;
+      this.#due = new Set();
+      this.#dueTimer = undefined;
+      // A stopped pump's run() does nothing.
+      for (const p of due) p.run();
+    });
   }
 
   /** The device acknowledged envelopes: delete them, then push more. */
@@ -173,7 +233,8 @@ export class MailboxHub {
     const pump = this.#pumps.get(MailboxHub.key(conn.userId, conn.deviceId));
     if (pump?.conn === conn) {
       pump.acked(ids);
-      pump.run();
+      // Only flow control can have held envelopes back; new ones come with notify().
+      if (!pump.drained) this.#schedule(pump);
     }
     return n;
   }

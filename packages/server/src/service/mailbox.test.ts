@@ -187,4 +187,47 @@ describe('mailbox', () => {
     expect((nobody.json as { error: { code: string } }).error.code).toBe('DEVICE_NOT_FOUND');
     expect((await h.storage.mailboxStats(bob.userId, 1)).count).toBe(0);
   });
+
+  it('pushes several envelopes per `envelopes` frame to a device that asked with `batch`, in order', async () => {
+    const { h, alice, bob, aliceToken, bobToken } = await setup();
+    const a = await open(h, aliceToken);
+    for (let i = 0; i < 5; i++) {
+      a.send({
+        type: 'send',
+        id: `r${i}`,
+        messages: Array.from({ length: 60 }, (_, j) => ({
+          recipientUserId: bob.userId,
+          recipientDeviceId: 1,
+          body: text(`m${i * 60 + j}`),
+        })),
+      });
+    }
+    for (let i = 0; i < 5; i++)
+      expect((await a.next<{ id: string }>((f) => f.type === 'sent')).id).toBe(`r${i}`);
+    const b = await WsClient.connect(h);
+    sockets.push(b);
+    b.send({ type: 'auth', token: bobToken, batch: true });
+    await b.next((f) => f.type === 'ready');
+    type Pushed = { id: string; body: string; senderUserId: string };
+    const got: Pushed[] = [];
+    let frames = 0;
+    while (got.length < MAX_IN_FLIGHT) {
+      const f = await b.next<{ envelopes: Pushed[] }>((x) => x.type === 'envelopes');
+      frames++;
+      got.push(...f.envelopes);
+    }
+    // Flow control holds per envelope, not per frame; no single `envelope` frames were sent.
+    expect(got).toHaveLength(MAX_IN_FLIGHT);
+    expect(frames).toBeLessThan(got.length / 10);
+    expect(b.frames.some((f) => f.type === 'envelope')).toBe(false);
+    expect(got.every((e) => e.senderUserId === alice.userId)).toBe(true);
+    b.send({ type: 'ack', ids: got.map((e) => e.id) });
+    while (got.length < 300)
+      got.push(...(await b.next<{ envelopes: Pushed[] }>((x) => x.type === 'envelopes')).envelopes);
+    expect(got.map((e) => untext(e.body))).toEqual(Array.from({ length: 300 }, (_, i) => `m${i}`));
+    b.send({ type: 'ack', ids: got.slice(MAX_IN_FLIGHT).map((e) => e.id) });
+    b.send({ type: 'ping', id: 'p' });
+    await b.next((f) => f.type === 'pong');
+    expect((await h.storage.mailboxStats(bob.userId, 1)).count).toBe(0);
+  });
 });

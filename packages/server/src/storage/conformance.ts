@@ -545,6 +545,48 @@ export function runStorageConformance(backend: string, makeStorage: MakeStorage)
         expect(ok).toHaveLength(2);
       });
 
+      it('concurrent mailbox writes succeed or fail each on its own', async () => {
+        // A backend may commit concurrent calls together (the embedded one does): a failing
+        // call must still change nothing and reject alone, and the others must commit.
+        const { s } = await fresh({ maxQueuedPerDevice: 3 });
+        const a = await enrolled(s, 'alice');
+        const b = await enrolled(s, 'bob');
+        const c = await enrolled(s, 'carol');
+        const ghost = { userId: a.user.id, deviceId: 7 };
+        const [old] = await s.enqueue([envelope(b.device, a.user, 'old')]);
+        await s.enqueue([1, 2, 3].map((i) => envelope(c.device, a.user, `c${i}`)));
+        const settled = await Promise.allSettled<unknown>([
+          s.enqueue([envelope(a.device, b.user, 'm1')]),
+          s.enqueue([envelope(b.device, a.user, 'x'), envelope(ghost, b.user, 'y')]),
+          s.ackEnvelopes(b.user.id, 1, [old!.id]),
+          s.enqueue([envelope(a.device, b.user, 'm2'), envelope(a.device, b.user, 'm3')]),
+          s.enqueue([envelope(c.device, a.user, 'z')]),
+          s.ackEnvelopes(ghost.userId, ghost.deviceId, [old!.id]),
+          s.enqueue([envelope(b.device, a.user, 'for-bob')]),
+        ]);
+        const outcome = settled.map((r) =>
+          r.status === 'fulfilled' ? 'ok' : ((r.reason as ServerError).code ?? 'unexpected'),
+        );
+        expect(outcome).toEqual([
+          'ok',
+          'DEVICE_NOT_FOUND',
+          'ok',
+          'ok',
+          'MAILBOX_FULL',
+          'DEVICE_NOT_FOUND',
+          'ok',
+        ]);
+        expect((settled[2] as PromiseFulfilledResult<number>).value).toBe(1);
+        const toAlice = (await s.fetchEnvelopes(a.user.id, 1)).map((e) => text(e.body));
+        expect([...toAlice].sort()).toEqual(['m1', 'm2', 'm3']);
+        // One call's envelopes keep their order.
+        expect(toAlice.indexOf('m2')).toBeLessThan(toAlice.indexOf('m3'));
+        expect(await s.mailboxStats(a.user.id, 1)).toEqual({ count: 3, bytes: 6 });
+        expect((await s.fetchEnvelopes(b.user.id, 1)).map((e) => text(e.body))).toEqual(['for-bob']);
+        expect(await s.mailboxStats(b.user.id, 1)).toEqual({ count: 1, bytes: 7 });
+        expect(await s.mailboxStats(c.user.id, 1)).toEqual({ count: 3, bytes: 6 });
+      });
+
       it('enforces envelope size, queue length and queue bytes with coded errors', async () => {
         const { s } = await fresh({
           maxEnvelopeBytes: 8,

@@ -8,12 +8,22 @@
  * every read-modify-write runs in a BEGIN IMMEDIATE transaction, which takes SQLite's
  * write lock before the first read, so e.g. two bundle fetches can never both read the
  * same lowest one-time prekey.
+ *
+ * Group commit: with `synchronous=FULL` every COMMIT waits for an fsync, and the event loop
+ * waits with it. The mailbox's hot writes (enqueue, ackEnvelopes) are therefore queued and
+ * run together at the end of the event-loop turn they arrived in: ONE BEGIN IMMEDIATE
+ * transaction, each request inside its own SAVEPOINT (better-sqlite3 nests transactions
+ * that way), so a request that fails (MAILBOX_FULL, DEVICE_NOT_FOUND, ...) rolls back only
+ * its own changes and rejects only its own promise. Every promise settles only after the
+ * COMMIT returned: a resolved enqueue is on disk exactly as before. Requests run in the
+ * order they were made, and any other write first runs what is queued, so writes keep
+ * their call order; reads never see a queued write, whose promise has not resolved yet.
  */
-import { hmacSha256, randomBytes } from '@qalqon/crypto';
+import { randomBytes } from '@qalqon/crypto';
 import type Database from 'better-sqlite3-multiple-ciphers';
 import { ServerError } from '../errors.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
-import type { FieldRef, FieldSealer } from './field-sealer.js';
+import type { FieldSealer } from './field-sealer.js';
 import {
   CODE_PATTERN,
   checkDeviceId,
@@ -32,6 +42,7 @@ import {
   MIN_CODE_LEN,
 } from './input.js';
 import { migrate } from './migrations.js';
+import { deviceRowId, enrolmentCodeHash, newId, openDevice, ref, sealDeviceFields } from './sealed-rows.js';
 import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
 import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
 import {
@@ -102,24 +113,36 @@ interface EnvelopeRow {
   body: Uint8Array;
 }
 
-const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
-
 const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
   WHERE o.user_id = d.user_id AND o.device_id = d.device_id) AS otpk_count`;
 
-function newId(): string {
-  return Buffer.from(randomBytes(16)).toString('hex');
-}
-
-function deviceRowId(userId: string, deviceId: number): string {
-  return `${userId}/${deviceId}`;
-}
-
 type Statement = Database.Statement;
 
-function ref(table: string, column: string, rowId: string): FieldRef {
-  return { table, column, rowId };
+/** Random bytes for envelope ids, drawn from the CSPRNG 4 KiB at a time (one call per 256 ids, not per id). */
+let idPool: Uint8Array = new Uint8Array(0);
+let idPoolAt = 0;
+
+/** A fresh envelope id: 16 random bytes in hex, like newId(). */
+function envelopeId(): string {
+  if (idPoolAt + 16 > idPool.length) {
+    idPool = randomBytes(4096);
+    idPoolAt = 0;
+  }
+  const id = Buffer.from(idPool.buffer, idPool.byteOffset + idPoolAt, 16).toString('hex');
+  // Each id's bytes are used once and then forgotten.
+  idPool.fill(0, idPoolAt, idPoolAt + 16);
+  idPoolAt += 16;
+  return id;
 }
+
+/** A mailbox write waiting for the next group commit. */
+interface GroupJob {
+  readonly run: (db: SqliteDatabase) => unknown;
+  readonly resolve: (value: never) => void;
+  readonly reject: (reason: unknown) => void;
+}
+
+type GroupResult = { ok: true; value: unknown } | { ok: false; error: unknown };
 
 /** better-sqlite3 returns Buffers for BLOBs; hand out plain Uint8Arrays the caller owns. */
 function plain(b: Uint8Array): Uint8Array {
@@ -134,6 +157,13 @@ export class SqliteStorage implements Storage {
   readonly #limits: StorageLimits;
   readonly #clock: () => number;
   #closed = false;
+  /** Mailbox writes waiting for the group commit scheduled in #groupTimer. */
+  #group: GroupJob[] = [];
+  #groupTimer: NodeJS.Immediate | undefined;
+  /** One request of a group commit, in a SAVEPOINT (a nested better-sqlite3 transaction). */
+  readonly #savepoint: (job: GroupJob, db: SqliteDatabase) => unknown;
+  /** The group's enclosing transaction; run with `.immediate`. */
+  readonly #groupTx: Database.Transaction<(jobs: readonly GroupJob[], results: GroupResult[]) => void>;
 
   private constructor(
     db: SqliteDatabase,
@@ -146,6 +176,19 @@ export class SqliteStorage implements Storage {
     this.#lookupKey = Uint8Array.from(o.lookupKey);
     this.#limits = limits;
     this.#clock = clock;
+    this.#savepoint = db.transaction((job: GroupJob, conn: SqliteDatabase) => job.run(conn));
+    this.#groupTx = db.transaction((jobs: readonly GroupJob[], results: GroupResult[]) => {
+      for (const job of jobs) {
+        try {
+          results.push({ ok: true, value: this.#savepoint(job, db) });
+        } catch (error) {
+          // An error that ended the whole transaction (SQLite rolls back on some I/O and
+          // out-of-memory errors) must not let the later requests run in autocommit mode.
+          if (!db.inTransaction) throw error;
+          results.push({ ok: false, error });
+        }
+      }
+    });
   }
 
   /**
@@ -196,7 +239,44 @@ export class SqliteStorage implements Storage {
   /** Runs `fn` in a BEGIN IMMEDIATE transaction: all or nothing, write lock held from the first read. */
   #tx<T>(fn: (db: SqliteDatabase) => T): T {
     const db = this.#conn();
+    // Writes keep their call order: queued mailbox writes go first.
+    if (this.#group.length > 0) this.#commitGroup();
     return db.transaction(() => fn(db)).immediate();
+  }
+
+  /**
+   * Queues `fn` for the next group commit (see the header) and resolves with its result
+   * once that transaction has committed; rejects with its error, having changed nothing.
+   */
+  #grouped<T>(fn: (db: SqliteDatabase) => T): Promise<T> {
+    this.#conn();
+    return new Promise<T>((resolve, reject) => {
+      this.#group.push({ run: fn, resolve: resolve as (value: never) => void, reject });
+      this.#groupTimer ??= setImmediate(() => this.#commitGroup());
+    });
+  }
+
+  /** Runs every queued mailbox write in one transaction, then settles their promises. */
+  #commitGroup(): void {
+    if (this.#groupTimer !== undefined) clearImmediate(this.#groupTimer);
+    this.#groupTimer = undefined;
+    const jobs = this.#group;
+    if (jobs.length === 0) return;
+    this.#group = [];
+    const results: GroupResult[] = [];
+    try {
+      this.#conn();
+      this.#groupTx.immediate(jobs, results);
+    } catch (error) {
+      // Nothing of this group committed.
+      for (const job of jobs) job.reject(error);
+      return;
+    }
+    for (let i = 0; i < jobs.length; i++) {
+      const r = results[i]!;
+      if (r.ok) jobs[i]!.resolve(r.value as never);
+      else jobs[i]!.reject(r.error);
+    }
   }
 
   // --- users ---------------------------------------------------------------------------
@@ -293,7 +373,7 @@ export class SqliteStorage implements Storage {
   // --- enrolment -----------------------------------------------------------------------
 
   #codeHash(code: string): Uint8Array {
-    return hmacSha256(this.#lookupKey, new TextEncoder().encode(CODE_HASH_DOMAIN + code));
+    return enrolmentCodeHash(this.#lookupKey, code);
   }
 
   async createEnrolmentCode(input: {
@@ -355,8 +435,7 @@ export class SqliteStorage implements Storage {
     }
     const deviceId = user.next_device_id;
     this.#prep(db, 'UPDATE users SET next_device_id = ? WHERE id = ?').run(deviceId + 1, userId);
-    const rowId = deviceRowId(userId, deviceId);
-    const s = (column: string, v: Uint8Array) => this.#sealer.seal(ref('devices', column, rowId), v);
+    const s = sealDeviceFields(this.#sealer, userId, deviceId, d);
     this.#prep(
       db,
       `INSERT INTO devices (user_id, device_id, registration_id, name, signed_prekey_id, signed_prekey,
@@ -366,15 +445,15 @@ export class SqliteStorage implements Storage {
       userId,
       deviceId,
       d.registrationId,
-      this.#sealer.sealString(ref('devices', 'name', rowId), d.name),
+      s.name,
       d.signedPrekey.id,
-      s('signed_prekey', d.signedPrekey.publicKey),
-      s('signed_prekey_signature', d.signedPrekey.signature),
+      s.signed_prekey,
+      s.signed_prekey_signature,
       d.kyberPrekey.id,
-      s('kyber_prekey', d.kyberPrekey.publicKey),
-      s('kyber_prekey_signature', d.kyberPrekey.signature),
+      s.kyber_prekey,
+      s.kyber_prekey_signature,
       now,
-      d.authKey === undefined ? null : s('auth_key', d.authKey),
+      s.auth_key,
     );
     this.#insertPrekeys(db, userId, deviceId, d.oneTimePrekeys);
     return this.#deviceById(db, userId, deviceId);
@@ -404,27 +483,7 @@ export class SqliteStorage implements Storage {
   }
 
   #toDevice(row: DeviceRow): Device {
-    const rowId = deviceRowId(row.user_id, row.device_id);
-    const o = (column: string, v: Uint8Array) => this.#sealer.open(ref('devices', column, rowId), v);
-    return {
-      userId: row.user_id,
-      deviceId: row.device_id,
-      name: this.#sealer.openString(ref('devices', 'name', rowId), row.name),
-      registrationId: row.registration_id,
-      signedPrekey: {
-        id: row.signed_prekey_id,
-        publicKey: o('signed_prekey', row.signed_prekey),
-        signature: o('signed_prekey_signature', row.signed_prekey_signature),
-      },
-      kyberPrekey: {
-        id: row.kyber_prekey_id,
-        publicKey: o('kyber_prekey', row.kyber_prekey),
-        signature: o('kyber_prekey_signature', row.kyber_prekey_signature),
-      },
-      oneTimePrekeyCount: row.otpk_count,
-      authKey: row.auth_key === null ? undefined : o('auth_key', row.auth_key),
-      createdAt: row.created_at,
-    };
+    return openDevice(this.#sealer, row);
   }
 
   #deviceRow(db: SqliteDatabase, userId: string, deviceId: number): DeviceRow {
@@ -619,7 +678,7 @@ export class SqliteStorage implements Storage {
     const now = this.#clock();
     // Seal before taking the write lock: AES-GCM over large bodies need not block other writers.
     const sealed = list.map((e) => {
-      const id = newId();
+      const id = envelopeId();
       return { e, id, body: this.#sealer.seal(ref('envelopes', 'body', id), e.body) };
     });
     const perRecipient = new Map<
@@ -638,7 +697,7 @@ export class SqliteStorage implements Storage {
       acc.bytes += e.body.length;
       perRecipient.set(key, acc);
     }
-    return this.#tx((db) => {
+    return this.#grouped((db) => {
       const stats = this.#prep(
         db,
         'SELECT queued_count, queued_bytes FROM devices WHERE user_id = ? AND device_id = ?',
@@ -745,15 +804,14 @@ export class SqliteStorage implements Storage {
     const afterSeq =
       o.afterSeq === undefined ? 0 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER);
     const db = this.#conn();
-    if (!this.#prep(db, 'SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?').get(userId, deviceId)) {
-      throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
-    }
     const rows = this.#prep(
       db,
       `SELECT seq, id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id, created_at, body
          FROM envelopes WHERE recipient_user_id = ? AND recipient_device_id = ? AND seq > ? AND created_at >= ?
          ORDER BY seq LIMIT ?`,
     ).all(userId, deviceId, afterSeq, this.#clock() - this.#limits.maxEnvelopeAgeMs, limit) as EnvelopeRow[];
+    // A device's envelopes are deleted with it, so only an empty page needs the device check.
+    if (rows.length === 0) this.#deviceExists(db, userId, deviceId);
     return rows.map((r) => ({
       id: r.id,
       seq: r.seq,
@@ -770,26 +828,39 @@ export class SqliteStorage implements Storage {
     checkUserId('userId', userId);
     checkDeviceId('deviceId', deviceId);
     const list = checkEnvelopeIds('ids', ids);
-    return this.#tx((db) => {
-      if (
-        !this.#prep(db, 'SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?').get(userId, deviceId)
-      ) {
-        throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
-      }
+    return this.#grouped((db) => {
       // The recipient columns in the WHERE clause make another device's ids a no-op.
       const del = this.#prep(
         db,
         `DELETE FROM envelopes WHERE id = ? AND recipient_user_id = ? AND recipient_device_id = ?
-         RETURNING recipient_user_id AS u, recipient_device_id AS d, size`,
-      );
-      const deleted: { u: string; d: number; size: number }[] = [];
+         RETURNING size`,
+      ).pluck();
+      let count = 0;
+      let bytes = 0;
       for (const id of new Set(list)) {
-        const row = del.get(id, userId, deviceId) as { u: string; d: number; size: number } | undefined;
-        if (row) deleted.push(row);
+        const size = del.get(id, userId, deviceId) as number | undefined;
+        if (size === undefined) continue;
+        count++;
+        bytes += size;
       }
-      this.#debit(db, deleted);
-      return deleted.length;
+      if (count === 0) {
+        // Only when nothing matched can the device be missing (its envelopes go with it).
+        this.#deviceExists(db, userId, deviceId);
+        return 0;
+      }
+      this.#prep(
+        db,
+        'UPDATE devices SET queued_count = queued_count - ?, queued_bytes = queued_bytes - ? WHERE user_id = ? AND device_id = ?',
+      ).run(count, bytes, userId, deviceId);
+      return count;
     });
+  }
+
+  /** Throws DEVICE_NOT_FOUND unless the device exists. */
+  #deviceExists(db: SqliteDatabase, userId: string, deviceId: number): void {
+    if (!this.#prep(db, 'SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?').get(userId, deviceId)) {
+      throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    }
   }
 
   async mailboxStats(userId: string, deviceId: number): Promise<MailboxStats> {
@@ -810,6 +881,8 @@ export class SqliteStorage implements Storage {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    // Queued mailbox writes were accepted before the close: commit them (or reject them) first.
+    this.#commitGroup();
     this.#closed = true;
     this.#db.close();
     this.#sealer.destroy();

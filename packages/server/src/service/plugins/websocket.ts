@@ -4,6 +4,13 @@
  * a ClientFrame schema, or it is answered with an `error` frame and changes nothing. The
  * first accepted frame must be `auth`; until then everything else is refused. Frames of one
  * connection are handled strictly one after another, so a device's sends keep their order.
+ *
+ * Pipelining: a `send` or `ack` frame is handed to the storage in order (its write queued
+ * for the next group commit) and the next frame is read without waiting for the COMMIT;
+ * the answer (`sent`, or `error`) goes out once the commit returned, through a per-connection
+ * chain, so answers keep the frames' order and a `sent` still means "on disk". Any other
+ * frame first waits for every earlier answer. A pipelined frame counts against
+ * MAX_PENDING_FRAMES until its answer is out.
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -30,7 +37,11 @@ class Connection implements DeviceConnection {
   identity: SessionIdentity | undefined;
   pending = 0;
   chain: Promise<void> = Promise.resolve();
+  /** Answers of pipelined frames, in frame order. */
+  replies: Promise<void> = Promise.resolve();
   alive = true;
+  batch = false;
+  #corked = false;
 
   constructor(readonly ws: WebSocket) {}
 
@@ -42,7 +53,21 @@ class Connection implements DeviceConnection {
   }
 
   send(frame: ServerFrameJson): void {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    // Frames sent in one go (the answers and pushes that follow a group commit) leave in
+    // one TLS write: the socket is corked until the current callback and its microtasks end.
+    if (!this.#corked) {
+      const socket = (this.ws as unknown as { _socket?: Duplex })._socket;
+      if (socket) {
+        this.#corked = true;
+        socket.cork();
+        process.nextTick(() => {
+          this.#corked = false;
+          socket.uncork();
+        });
+      }
+    }
+    this.ws.send(JSON.stringify(frame));
   }
 
   error(code: WireErrorCode, message: string, id?: string): void {
@@ -74,21 +99,57 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
 
   const handle = async (conn: Connection, data: RawData, isBinary: boolean): Promise<void> => {
     const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.byteLength;
-    if (size > MAX_FRAME_BYTES)
+    if (size > MAX_FRAME_BYTES) {
+      await conn.replies;
       return refuse(conn, 'PAYLOAD_TOO_LARGE', `frames are limited to ${MAX_FRAME_BYTES} bytes`);
-    if (isBinary) return refuse(conn, 'BAD_REQUEST', 'frames must be text (JSON)');
+    }
+    if (isBinary) {
+      await conn.replies;
+      return refuse(conn, 'BAD_REQUEST', 'frames must be text (JSON)');
+    }
     let json: unknown;
     try {
       json = JSON.parse(
         Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.concat(data as Buffer[]).toString('utf8'),
       );
     } catch {
+      await conn.replies;
       return refuse(conn, 'BAD_REQUEST', 'the frame is not valid JSON');
     }
     const parsed = ClientFrame.safeParse(json);
-    if (!parsed.success)
+    if (!parsed.success) {
+      await conn.replies;
       return refuse(conn, 'BAD_REQUEST', describeZodError(parsed.error, 'frame'), requestIdOf(json));
+    }
     const frame = parsed.data;
+
+    if (conn.identity && (frame.type === 'send' || frame.type === 'ack')) {
+      // Called now, so the storage sees this connection's writes in frame order.
+      const outcome: Promise<() => void> =
+        frame.type === 'send'
+          ? sendEnvelopes(ctx, conn.identity, frame.messages).then(
+              (receipts) => () => conn.send({ type: 'sent', id: frame.id, receipts }),
+            )
+          : ctx.hub.ack(conn, frame.ids).then(() => () => undefined);
+      const answer = outcome.catch((err: unknown) => () => {
+        const f = toWireFailure(err);
+        if (f.unexpected) ctx.log(`websocket frame failed: ${err instanceof Error ? err.name : 'error'}`);
+        refuse(conn, f.code, f.message, requestIdOf(json));
+      });
+      conn.pending++;
+      conn.replies = conn.replies
+        .then(() => answer)
+        .then((emit) => emit())
+        .catch((err: unknown) => {
+          ctx.log(`websocket handler failed: ${err instanceof Error ? err.name : 'error'}`);
+          conn.close(1011, 'internal error');
+        })
+        .finally(() => {
+          conn.pending--;
+        });
+      return;
+    }
+    await conn.replies;
 
     if (!conn.identity) {
       if (frame.type !== 'auth')
@@ -108,6 +169,7 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
         return;
       }
       conn.identity = me;
+      conn.batch = frame.batch === true;
       conn.send({
         type: 'ready',
         userId: me.userId,
@@ -126,14 +188,7 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
         case 'ping':
           conn.send({ type: 'pong', ...(frame.id === undefined ? {} : { id: frame.id }) });
           return;
-        case 'ack':
-          await ctx.hub.ack(conn, frame.ids);
-          return;
-        case 'send': {
-          const receipts = await sendEnvelopes(ctx, conn.identity, frame.messages);
-          conn.send({ type: 'sent', id: frame.id, receipts });
-          return;
-        }
+        // `send` and `ack` were pipelined above.
       }
     } catch (err) {
       const f = toWireFailure(err);
