@@ -16,9 +16,9 @@ import {
   CryptoError,
   GCM_NONCE_LEN,
   GCM_TAG_LEN,
-  randomBytes,
 } from '@qalqon/crypto';
 import { ServerError } from '../errors.js';
+import { publicRandomBytes } from '../random-pool.js';
 import { abytes, aint, astring } from '../validate.js';
 
 const FORMAT_V1 = 0x01;
@@ -81,7 +81,7 @@ export class FieldSealer {
     const header = new Uint8Array(HEADER_LEN);
     header[0] = FORMAT_V1;
     new DataView(header.buffer).setUint32(1, this.#active);
-    const nonce = randomBytes(GCM_NONCE_LEN);
+    const nonce = publicRandomBytes(GCM_NONCE_LEN);
     const ct = aes256GcmEncrypt(key, nonce, plaintext, aad(header, ref));
     const out = new Uint8Array(HEADER_LEN + GCM_NONCE_LEN + ct.length);
     out.set(header);

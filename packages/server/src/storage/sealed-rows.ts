@@ -8,7 +8,8 @@
  * backends must name tables, columns and row ids identically, and they do because they
  * call the same functions.
  */
-import { hmacSha256, randomBytes } from '@qalqon/crypto';
+import { hmacSha256 } from '@qalqon/crypto';
+import { publicRandomBytes } from '../random-pool.js';
 import type { FieldRef, FieldSealer } from './field-sealer.js';
 import type { Device, NewDevice, NewEnvelope } from './types.js';
 
@@ -16,7 +17,7 @@ const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
 
 /** A new 128-bit id as 32 hex digits (users, envelopes). */
 export function newId(): string {
-  return Buffer.from(randomBytes(16)).toString('hex');
+  return Buffer.from(publicRandomBytes(16)).toString('hex');
 }
 
 /** The row identity of a device: `<userId>/<deviceId>`. */

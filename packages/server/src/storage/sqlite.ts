@@ -19,7 +19,6 @@
  * order they were made, and any other write first runs what is queued, so writes keep
  * their call order; reads never see a queued write, whose promise has not resolved yet.
  */
-import { randomBytes } from '@qalqon/crypto';
 import type Database from 'better-sqlite3-multiple-ciphers';
 import { ServerError } from '../errors.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
@@ -117,23 +116,6 @@ const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
   WHERE o.user_id = d.user_id AND o.device_id = d.device_id) AS otpk_count`;
 
 type Statement = Database.Statement;
-
-/** Random bytes for envelope ids, drawn from the CSPRNG 4 KiB at a time (one call per 256 ids, not per id). */
-let idPool: Uint8Array = new Uint8Array(0);
-let idPoolAt = 0;
-
-/** A fresh envelope id: 16 random bytes in hex, like newId(). */
-function envelopeId(): string {
-  if (idPoolAt + 16 > idPool.length) {
-    idPool = randomBytes(4096);
-    idPoolAt = 0;
-  }
-  const id = Buffer.from(idPool.buffer, idPool.byteOffset + idPoolAt, 16).toString('hex');
-  // Each id's bytes are used once and then forgotten.
-  idPool.fill(0, idPoolAt, idPoolAt + 16);
-  idPoolAt += 16;
-  return id;
-}
 
 /** A mailbox write waiting for the next group commit. */
 interface GroupJob {
@@ -678,7 +660,7 @@ export class SqliteStorage implements Storage {
     const now = this.#clock();
     // Seal before taking the write lock: AES-GCM over large bodies need not block other writers.
     const sealed = list.map((e) => {
-      const id = envelopeId();
+      const id = newId();
       return { e, id, body: this.#sealer.seal(ref('envelopes', 'body', id), e.body) };
     });
     const perRecipient = new Map<
