@@ -118,8 +118,9 @@ describe('qalqon server init', () => {
     expect(oneJson(ok.out).pin).toBe(pinOf(mine.certPem));
     expect(existsSync(join(dir, 'd2', 'tls-key.pem'))).toBe(false);
     const pkcs11 = await qalqon('server', 'init', '--data', join(dir, 'd3'), '--kms', 'pkcs11');
-    expect(pkcs11.code).toBe(1);
-    expect(pkcs11.err).toMatch(/pkcs11 KMS is not available/);
+    // The token's module, label and PIN source are required (kms-admin.test.ts runs the real thing).
+    expect(pkcs11.code).toBe(2);
+    expect(pkcs11.err).toMatch(/^qalqon: --kms pkcs11 needs --pkcs11-module PATH\.\n/);
   });
 
   it('exits 2 on bad usage and 1 when no server is running', async () => {

@@ -6,16 +6,19 @@
  * to stderr as one sentence; exit 1 for a refused operation, 2 for bad usage; secrets are
  * never printed except enrolment codes, which these commands exist to print.
  */
+import { isAbsolute } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isClientError } from '@qalqon/client';
-import { type InitResult, initDataDir, isServerError, runServer } from '@qalqon/server';
-import { type AdminRequestJson, isWireError } from '@qalqon/wire';
+import { type InitOptions, type InitResult, initDataDir, isServerError, runServer } from '@qalqon/server';
+import { AdminKmsRotation, AdminKmsStatus, type AdminRequestJson, isWireError } from '@qalqon/wire';
 import { adminRequest } from './admin-client.js';
 import { CLIENT_COMMANDS, CLIENT_USAGE, clientCommand } from './client-commands.js';
 import { type CliIo, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError } from './io.js';
 
 export const USAGE = `usage:
   qalqon server init  --data DIR [--hostname NAME] [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--kms local] [--json]
+  qalqon server init  --data DIR --kms pkcs11 --pkcs11-module PATH --pkcs11-token LABEL
+                      (--pkcs11-pin-env VAR | --pkcs11-pin-file FILE) [other init options] [--json]
   qalqon server start --data DIR [--listen HOST:PORT] [--hostname NAME] [--json]
   qalqon admin --data DIR user add NAME [--role ROLE ...] [--json]
   qalqon admin --data DIR user code NAME [--json]
@@ -23,6 +26,9 @@ export const USAGE = `usage:
   qalqon admin --data DIR user remove NAME [--json]
   qalqon admin --data DIR device list NAME [--json]
   qalqon admin --data DIR device remove NAME DEVICE_ID [--json]
+  qalqon admin --data DIR kms status [--json]
+  qalqon admin --data DIR kms rotate [--json]
+  qalqon admin --data DIR kms destroy KEY_ID [--json]
 ${CLIENT_USAGE}`;
 
 const OPTIONS = {
@@ -32,6 +38,11 @@ const OPTIONS = {
   'tls-cert': { type: 'string' },
   'tls-key': { type: 'string' },
   kms: { type: 'string' },
+  // The token's PIN is never an option: it comes from the named variable or file.
+  'pkcs11-module': { type: 'string' },
+  'pkcs11-token': { type: 'string' },
+  'pkcs11-pin-env': { type: 'string' },
+  'pkcs11-pin-file': { type: 'string' },
   role: { type: 'string', multiple: true },
   server: { type: 'string' },
   code: { type: 'string' },
@@ -53,6 +64,10 @@ type Values = {
   'tls-cert'?: string;
   'tls-key'?: string;
   kms?: string;
+  'pkcs11-module'?: string;
+  'pkcs11-token'?: string;
+  'pkcs11-pin-env'?: string;
+  'pkcs11-pin-file'?: string;
   role?: string[];
   server?: string;
   code?: string;
@@ -94,6 +109,40 @@ function exactly(positionals: string[], n: number, what: string): void {
   if (positionals.length !== n) throw new UsageError(`expected ${what}`);
 }
 
+const PKCS11_OPTIONS = ['pkcs11-module', 'pkcs11-token', 'pkcs11-pin-env', 'pkcs11-pin-file'] as const;
+
+/** The KMS `server init` sets up, from --kms and the --pkcs11-* options. */
+function kmsChoice(values: Values): NonNullable<InitOptions['kms']> {
+  const kms = values.kms ?? 'local';
+  if (kms !== 'local' && kms !== 'pkcs11') throw new UsageError('--kms must be local or pkcs11');
+  if (kms === 'local') {
+    const stray = PKCS11_OPTIONS.find((o) => values[o] !== undefined);
+    if (stray) throw new UsageError(`--${stray} applies to --kms pkcs11 only`);
+    return { provider: 'local' };
+  }
+  const module = values['pkcs11-module'];
+  const tokenLabel = values['pkcs11-token'];
+  const env = values['pkcs11-pin-env'];
+  const file = values['pkcs11-pin-file'];
+  if (!module) throw new UsageError('--kms pkcs11 needs --pkcs11-module PATH');
+  // An absolute path only: a bare name would be looked up along LD_LIBRARY_PATH at every start.
+  if (!isAbsolute(module)) throw new UsageError('--pkcs11-module must be an absolute path');
+  if (!tokenLabel) throw new UsageError('--kms pkcs11 needs --pkcs11-token LABEL');
+  if ((env === undefined) === (file === undefined)) {
+    throw new UsageError('--kms pkcs11 needs exactly one of --pkcs11-pin-env VAR and --pkcs11-pin-file FILE');
+  }
+  if (env !== undefined && !/^[A-Za-z_][A-Za-z0-9_]{0,127}$/.test(env)) {
+    throw new UsageError('--pkcs11-pin-env must name an environment variable (letters, digits, _)');
+  }
+  if (file === '') throw new UsageError('--pkcs11-pin-file must name a file');
+  return {
+    provider: 'pkcs11',
+    module,
+    tokenLabel,
+    pin: env !== undefined ? { env } : { file: file! },
+  };
+}
+
 function printInit(io: CliIo, r: InitResult, json: boolean): void {
   if (json) {
     io.stdout(
@@ -105,12 +154,14 @@ function printInit(io: CliIo, r: InitResult, json: boolean): void {
         user: r.adminUser,
         enrollmentCode: r.enrollmentCode,
         expiresAt: r.enrollmentCodeExpiresAt,
+        kms: { provider: r.kms.provider, location: r.kms.location, activeKeyId: r.kms.activeKeyId },
       })}\n`,
     );
     return;
   }
   io.stdout(
     `Initialised ${r.dataDir} for ${r.hostname}.\n` +
+      `KMS: ${r.kms.provider} at ${r.kms.location}, key-encryption key ${r.kms.activeKeyId}\n` +
       `TLS certificate pin: ${r.pin}\n` +
       `One-time enrolment code for user "${r.adminUser}" (valid until ${new Date(r.enrollmentCodeExpiresAt).toISOString()}): ${r.enrollmentCode}\n`,
   );
@@ -124,16 +175,10 @@ async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: R
     if ((values['tls-cert'] === undefined) !== (values['tls-key'] === undefined)) {
       throw new UsageError('--tls-cert and --tls-key go together');
     }
-    if (values.kms === 'pkcs11') {
-      throw new RefusedError(
-        'UNSUPPORTED',
-        'the pkcs11 KMS is not available in this version; use --kms local',
-      );
-    }
-    if (values.kms !== undefined && values.kms !== 'local')
-      throw new UsageError('--kms must be local or pkcs11');
+    const kms = kmsChoice(values);
     const r = await initDataDir({
       dataDir: need(values, 'data'),
+      kms,
       ...(values.hostname === undefined ? {} : { hostname: values.hostname }),
       ...(values.listen === undefined ? {} : { listen: values.listen }),
       ...(values['tls-cert'] === undefined ? {} : { tlsCertFile: values['tls-cert'] }),
@@ -144,6 +189,9 @@ async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: R
   }
   if (sub === 'start') {
     exactly(args, 0, 'no arguments after "server start"');
+    // The KMS is chosen once, at init, and kept in config.json.
+    const initOnly = (['kms', ...PKCS11_OPTIONS] as const).find((o) => values[o] !== undefined);
+    if (initOnly) throw new UsageError(`--${initOnly} applies to "server init" only`);
     const dataDir = need(values, 'data');
     const server = await runServer({
       dataDir,
@@ -207,6 +255,20 @@ function adminBody(rest: string[]): AdminRequestJson {
       if (!/^[1-9][0-9]{0,9}$/.test(id)) throw new UsageError('DEVICE_ID must be a positive integer');
       return { op: 'device.remove', name: args[0]!, deviceId: Number(id) };
     }
+    case 'kms status':
+      exactly(args, 0, 'no arguments after "kms status"');
+      return { op: 'kms.status' };
+    case 'kms rotate':
+      exactly(args, 0, 'no arguments after "kms rotate"');
+      return { op: 'kms.rotate' };
+    case 'kms destroy': {
+      exactly(args, 1, 'a key version: kms destroy KEY_ID');
+      const keyId = args[0]!;
+      if (!/^[A-Za-z0-9._-]{1,64}$/.test(keyId)) {
+        throw new UsageError('KEY_ID must be a key version id as "kms status" shows it');
+      }
+      return { op: 'kms.destroy', keyId };
+    }
     default:
       throw new UsageError(`unknown command "admin ${key}"`.trimEnd());
   }
@@ -241,6 +303,27 @@ function printAdmin(io: CliIo, op: AdminRequestJson['op'], r: Record<string, unk
       return;
     case 'device.remove':
       io.stdout(`Removed device ${String(r.deviceId)} of user "${String(r.user)}".\n`);
+      return;
+    case 'kms.status': {
+      const s = AdminKmsStatus.parse(r);
+      io.stdout(`KMS: ${s.provider} at ${s.location}\n`);
+      for (const k of s.keyVersions) {
+        io.stdout(
+          `${k.keyId}\t${k.active ? 'active' : 'inactive'}\tcreated ${new Date(k.createdAt).toISOString()}\twraps ${k.wrappedKeys} data key(s)\n`,
+        );
+      }
+      return;
+    }
+    case 'kms.rotate': {
+      const x = AdminKmsRotation.parse(r);
+      io.stdout(
+        `Rotated the key-encryption key from ${x.previousKeyId} to ${x.activeKeyId}; re-wrapped ${x.rewrapped} data key(s).\n` +
+          `Once no backup needs it, destroy the old version: kms destroy ${x.previousKeyId}\n`,
+      );
+      return;
+    }
+    case 'kms.destroy':
+      io.stdout(`Destroyed key-encryption key version ${String(r.keyId)}.\n`);
       return;
   }
 }

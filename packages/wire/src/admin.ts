@@ -6,6 +6,9 @@
 import { z } from 'zod';
 import { DeviceId, RoleName, UserName } from './primitives.js';
 
+/** A KMS key-encryption-key version id, as the server's KMS names them. */
+export const KekVersionId = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/);
+
 export const AdminRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('user.add'), name: UserName, roles: z.array(RoleName).max(32).optional() }),
   z.strictObject({ op: z.literal('user.code'), name: UserName }),
@@ -13,8 +16,38 @@ export const AdminRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('user.remove'), name: UserName }),
   z.strictObject({ op: z.literal('device.list'), name: UserName }),
   z.strictObject({ op: z.literal('device.remove'), name: UserName, deviceId: DeviceId }),
+  /** Which KMS holds the key-encryption keys, and how many data keys each KEK version wraps. */
+  z.strictObject({ op: z.literal('kms.status') }),
+  /** A new KEK version becomes active and every data key is re-wrapped under it (data untouched). */
+  z.strictObject({ op: z.literal('kms.rotate') }),
+  /** Destroys a KEK version that is neither active nor still wrapping a data key. */
+  z.strictObject({ op: z.literal('kms.destroy'), keyId: KekVersionId }),
 ]);
 export type AdminRequestJson = z.input<typeof AdminRequest>;
+
+/** One KEK version in a `kms.status` answer. */
+export const AdminKmsKeyVersion = z.strictObject({
+  keyId: KekVersionId,
+  createdAt: z.int(),
+  active: z.boolean(),
+  /** How many of the server's data keys are wrapped under this version. */
+  wrappedKeys: z.int().min(0),
+});
+
+/** The answer to `kms.status`. `location` is a file path or a PKCS#11 URI: never a PIN or key. */
+export const AdminKmsStatus = z.strictObject({
+  provider: z.enum(['local', 'pkcs11']),
+  location: z.string().max(8192),
+  activeKeyId: KekVersionId,
+  keyVersions: z.array(AdminKmsKeyVersion),
+});
+
+/** The answer to `kms.rotate`. */
+export const AdminKmsRotation = z.strictObject({
+  previousKeyId: KekVersionId,
+  activeKeyId: KekVersionId,
+  rewrapped: z.int().min(0),
+});
 
 export const AdminUser = z.strictObject({
   id: z.string(),

@@ -3,12 +3,19 @@
  * only the server's own OS user can reach it and it is never on the network. The CLI's
  * `qalqon admin` commands talk to a running server through it (`POST /admin`, body an
  * AdminRequest).
+ *
+ * The `kms.*` operations work on the KMS the server opened (the local key file or the
+ * PKCS#11 token: one process holds a token's login, so the CLI never opens it itself) and
+ * on the wrapped-data-key file, which they re-read for every operation. They run one at a
+ * time, so two rotations cannot interleave their writes of that file.
  */
 import { chmodSync, lstatSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { AdminRequest } from '@qalqon/wire';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { ServerError } from '../errors.js';
+import { isServerError, ServerError } from '../errors.js';
+import { DekRegistry, rotateKek } from '../kms/dek-registry.js';
+import type { Kms } from '../kms/kms.js';
 import { PRIVATE_FILE_MODE } from '../secure-file.js';
 import type { User } from '../storage/types.js';
 import { ApiError, errorBody, toWireFailure } from './api-error.js';
@@ -33,7 +40,89 @@ async function userByName(ctx: ServiceContext, name: string): Promise<User> {
   return u;
 }
 
-export async function startAdminSocket(path: string, ctx: ServiceContext): Promise<FastifyInstance> {
+/** What the `kms.*` operations work on. */
+export interface AdminKmsAccess {
+  /** The server's open KMS. */
+  readonly kms: Kms;
+  /** The wrapped-data-key file (DekRegistry) of the data directory. */
+  readonly dekFile: string;
+}
+
+/**
+ * KMS refusals in admin terms. ServerError messages name key versions, token labels and
+ * CKR_ values, never PINs or key bytes, so the operator sees them as they are.
+ */
+function kmsFailure(err: unknown): unknown {
+  if (!isServerError(err)) return err;
+  switch (err.code) {
+    case 'KMS_KEY_ACTIVE':
+      return new ApiError('BAD_REQUEST', 409, err.message);
+    case 'KMS_KEY_NOT_FOUND':
+      return new ApiError('NOT_FOUND', 404, err.message);
+    case 'INVALID_ARGUMENT':
+      return new ApiError('BAD_REQUEST', 400, err.message);
+    default:
+      if (err.code.startsWith('KMS_') || err.code.startsWith('DEK_')) {
+        return new ApiError('UNAVAILABLE', 503, err.message);
+      }
+      return err;
+  }
+}
+
+async function kmsStatus(access: AdminKmsAccess) {
+  const d = await access.kms.describe();
+  const registry = await DekRegistry.open(access.dekFile, access.kms);
+  const counts = new Map<string, number>();
+  for (const k of registry.list()) counts.set(k.keyId, (counts.get(k.keyId) ?? 0) + 1);
+  return {
+    provider: d.provider,
+    location: d.location,
+    activeKeyId: d.activeKeyId,
+    keyVersions: d.keys.map((k) => ({
+      keyId: k.id,
+      createdAt: k.createdAt,
+      active: k.active,
+      wrappedKeys: counts.get(k.id) ?? 0,
+    })),
+  };
+}
+
+async function kmsRotate(access: AdminKmsAccess) {
+  const previousKeyId = (await access.kms.describe()).activeKeyId;
+  const registry = await DekRegistry.open(access.dekFile, access.kms);
+  // A new version first, then every data key re-wrapped in one atomic write of the file:
+  // a crash in between leaves the old wraps, which the old version (still held) opens.
+  const { activeKeyId, rewrapped } = await rotateKek(access.kms, registry);
+  return { previousKeyId, activeKeyId, rewrapped };
+}
+
+async function kmsDestroy(access: AdminKmsAccess, keyId: string) {
+  const d = await access.kms.describe();
+  if (!d.keys.some((k) => k.id === keyId)) {
+    throw new ApiError('NOT_FOUND', 404, `KEK version ${keyId} is not held by this KMS`);
+  }
+  if (keyId === d.activeKeyId) {
+    throw new ApiError('BAD_REQUEST', 409, `KEK version ${keyId} is active; rotate before destroying it`);
+  }
+  const registry = await DekRegistry.open(access.dekFile, access.kms);
+  const still = registry.list().filter((k) => k.keyId === keyId).length;
+  if (still > 0) {
+    // Destroying it would lose those data keys, and with them the data: refuse.
+    throw new ApiError(
+      'BAD_REQUEST',
+      409,
+      `KEK version ${keyId} still wraps ${still} data key(s); run kms rotate first`,
+    );
+  }
+  await access.kms.destroy(keyId);
+  return { keyId, destroyed: true };
+}
+
+export async function startAdminSocket(
+  path: string,
+  ctx: ServiceContext,
+  kmsAccess: AdminKmsAccess,
+): Promise<FastifyInstance> {
   const st = lstatSync(path, { throwIfNoEntry: false });
   if (st) {
     if (!st.isSocket()) throw new ServerError('CONFIG_INVALID', `${path} exists and is not a socket`);
@@ -55,6 +144,16 @@ export async function startAdminSocket(path: string, ctx: ServiceContext): Promi
   app.setNotFoundHandler((_req, reply) => {
     reply.code(404).send({ error: { code: 'NOT_FOUND', message: 'no such route' } });
   });
+
+  // The tail of the queue the kms.* operations run in, one at a time.
+  let kmsTail: Promise<unknown> = Promise.resolve();
+  const kmsOp = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = kmsTail.then(fn, fn);
+    kmsTail = run.catch(() => undefined);
+    return run.catch((err: unknown) => {
+      throw kmsFailure(err);
+    });
+  };
 
   app.post('/admin', async (req) => {
     const r = parse(AdminRequest, req.body);
@@ -121,6 +220,20 @@ export async function startAdminSocket(path: string, ctx: ServiceContext): Promi
         ctx.hub.disconnect(user.id, r.deviceId);
         ctx.log(`admin: device ${r.deviceId} of user ${user.name} removed`);
         return { user: user.name, deviceId: r.deviceId, removed: true };
+      }
+      case 'kms.status':
+        return kmsOp(() => kmsStatus(kmsAccess));
+      case 'kms.rotate': {
+        const out = await kmsOp(() => kmsRotate(kmsAccess));
+        ctx.log(
+          `admin: KEK rotated from ${out.previousKeyId} to ${out.activeKeyId}; ${out.rewrapped} data key(s) re-wrapped`,
+        );
+        return out;
+      }
+      case 'kms.destroy': {
+        const out = await kmsOp(() => kmsDestroy(kmsAccess, r.keyId));
+        ctx.log(`admin: KEK version ${r.keyId} destroyed`);
+        return out;
       }
     }
   });

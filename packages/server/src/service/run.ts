@@ -1,10 +1,11 @@
 /**
- * Runs a server from a data directory: initialises it if it never was, opens the KMS and
- * the encrypted database, serves HTTPS + WebSocket on one TLS 1.3 port and the admin API on
- * the Unix socket, and shuts all of it down in order on `close()`.
+ * Runs a server from a data directory: initialises it if it never was, opens the KMS (the
+ * local key file or the PKCS#11 token, as config.json says) and the encrypted database,
+ * serves HTTPS + WebSocket on one TLS 1.3 port and the admin API on the Unix socket, and
+ * shuts all of it down in order on `close()`.
  */
 import { join, resolve } from 'node:path';
-import { LocalKms } from '../kms/local-kms.js';
+import { DEK_FILE } from '../kms/dek-registry.js';
 import { openEmbeddedStorage } from '../storage/embedded.js';
 import type { StorageLimits } from '../storage/types.js';
 import { startAdminSocket } from './admin.js';
@@ -15,6 +16,7 @@ import {
   initDataDir,
   isInitialised,
   loadTls,
+  openKms,
   parseListen,
   readConfig,
 } from './data-dir.js';
@@ -53,7 +55,8 @@ export async function runServer(options: RunOptions): Promise<RunningServer> {
   const config = readConfig(dataDir);
   const listen = parseListen('listen', options.listen ?? config.listen);
   const tls = loadTls(config.paths);
-  const kms = await LocalKms.open(config.paths.kms);
+  // The local master-key file or the PKCS#11 token, as the config says (a token's PIN from its env variable or file).
+  const kms = await openKms(config.kmsSetting);
   const cleanup: (() => Promise<unknown>)[] = [() => kms.close()];
   const unwind = async () => {
     for (const f of cleanup.splice(0).reverse()) await f().catch(() => undefined);
@@ -75,7 +78,10 @@ export async function runServer(options: RunOptions): Promise<RunningServer> {
     cleanup.push(() => service.close());
     // The admin socket first: it refuses to start when another server owns the directory.
     const adminSocket = join(dataDir, ADMIN_SOCKET_FILE);
-    const admin = await startAdminSocket(adminSocket, service.ctx);
+    const admin = await startAdminSocket(adminSocket, service.ctx, {
+      kms,
+      dekFile: join(dataDir, DEK_FILE),
+    });
     cleanup.push(() => admin.close());
     const addr = await service.listen(listen.host, listen.port);
     const hostForUrl = addr.host.includes(':') ? `[${addr.host}]` : addr.host;
