@@ -9,7 +9,14 @@
 import { isAbsolute } from 'node:path';
 import { parseArgs } from 'node:util';
 import { isClientError } from '@qalqon/client';
-import { type InitOptions, type InitResult, initDataDir, isServerError, runServer } from '@qalqon/server';
+import {
+  type InitOptions,
+  type InitResult,
+  initDataDir,
+  isServerError,
+  runServer,
+  urlHasPassword,
+} from '@qalqon/server';
 import { AdminKmsRotation, AdminKmsStatus, type AdminRequestJson, isWireError } from '@qalqon/wire';
 import { adminRequest } from './admin-client.js';
 import { CLIENT_COMMANDS, CLIENT_USAGE, clientCommand } from './client-commands.js';
@@ -19,6 +26,8 @@ export const USAGE = `usage:
   qalqon server init  --data DIR [--hostname NAME] [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--kms local] [--json]
   qalqon server init  --data DIR --kms pkcs11 --pkcs11-module PATH --pkcs11-token LABEL
                       (--pkcs11-pin-env VAR | --pkcs11-pin-file FILE) [other init options] [--json]
+  qalqon server init  --data DIR (--database-url-env VAR | --database-url URL_WITHOUT_PASSWORD)
+                      [--database-ssl] [other init options] [--json]
   qalqon server start --data DIR [--listen HOST:PORT] [--hostname NAME] [--json]
   qalqon admin --data DIR user add NAME [--role ROLE ...] [--json]
   qalqon admin --data DIR user code NAME [--json]
@@ -43,6 +52,10 @@ const OPTIONS = {
   'pkcs11-token': { type: 'string' },
   'pkcs11-pin-env': { type: 'string' },
   'pkcs11-pin-file': { type: 'string' },
+  // PostgreSQL: a URL with a password only through the named variable (argv is public).
+  'database-url-env': { type: 'string' },
+  'database-url': { type: 'string' },
+  'database-ssl': { type: 'boolean' },
   role: { type: 'string', multiple: true },
   server: { type: 'string' },
   code: { type: 'string' },
@@ -68,6 +81,9 @@ type Values = {
   'pkcs11-token'?: string;
   'pkcs11-pin-env'?: string;
   'pkcs11-pin-file'?: string;
+  'database-url-env'?: string;
+  'database-url'?: string;
+  'database-ssl'?: boolean;
   role?: string[];
   server?: string;
   code?: string;
@@ -143,6 +159,38 @@ function kmsChoice(values: Values): NonNullable<InitOptions['kms']> {
   };
 }
 
+const DATABASE_OPTIONS = ['database-url-env', 'database-url', 'database-ssl'] as const;
+
+/** The database `server init` sets up: embedded unless a PostgreSQL URL (or its variable) is given. */
+function databaseChoice(values: Values): NonNullable<InitOptions['database']> {
+  const env = values['database-url-env'];
+  const url = values['database-url'];
+  if (env === undefined && url === undefined) {
+    if (values['database-ssl'] !== undefined) {
+      throw new UsageError('--database-ssl needs --database-url-env VAR or --database-url URL');
+    }
+    return { provider: 'embedded' };
+  }
+  if (env !== undefined && url !== undefined) {
+    throw new UsageError('give one of --database-url-env VAR and --database-url URL');
+  }
+  const ssl = values['database-ssl'] === true;
+  if (env !== undefined) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]{0,127}$/.test(env)) {
+      throw new UsageError('--database-url-env must name an environment variable (letters, digits, _)');
+    }
+    return { provider: 'postgres', urlEnv: env, ssl };
+  }
+  // Never echo the URL: it is refused precisely because it may carry a secret.
+  if (urlHasPassword(url!)) {
+    throw new UsageError(
+      '--database-url must not carry a password (other users can see a command line); ' +
+        'put the URL in an environment variable and pass --database-url-env VAR',
+    );
+  }
+  return { provider: 'postgres', url: url!, ssl };
+}
+
 function printInit(io: CliIo, r: InitResult, json: boolean): void {
   if (json) {
     io.stdout(
@@ -155,6 +203,7 @@ function printInit(io: CliIo, r: InitResult, json: boolean): void {
         enrollmentCode: r.enrollmentCode,
         expiresAt: r.enrollmentCodeExpiresAt,
         kms: { provider: r.kms.provider, location: r.kms.location, activeKeyId: r.kms.activeKeyId },
+        database: r.database,
       })}\n`,
     );
     return;
@@ -162,6 +211,7 @@ function printInit(io: CliIo, r: InitResult, json: boolean): void {
   io.stdout(
     `Initialised ${r.dataDir} for ${r.hostname}.\n` +
       `KMS: ${r.kms.provider} at ${r.kms.location}, key-encryption key ${r.kms.activeKeyId}\n` +
+      `Database: ${r.database === 'postgres' ? 'PostgreSQL' : 'embedded (SQLCipher)'}\n` +
       `TLS certificate pin: ${r.pin}\n` +
       `One-time enrolment code for user "${r.adminUser}" (valid until ${new Date(r.enrollmentCodeExpiresAt).toISOString()}): ${r.enrollmentCode}\n`,
   );
@@ -176,9 +226,11 @@ async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: R
       throw new UsageError('--tls-cert and --tls-key go together');
     }
     const kms = kmsChoice(values);
+    const database = databaseChoice(values);
     const r = await initDataDir({
       dataDir: need(values, 'data'),
       kms,
+      database,
       ...(values.hostname === undefined ? {} : { hostname: values.hostname }),
       ...(values.listen === undefined ? {} : { listen: values.listen }),
       ...(values['tls-cert'] === undefined ? {} : { tlsCertFile: values['tls-cert'] }),
@@ -189,8 +241,10 @@ async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: R
   }
   if (sub === 'start') {
     exactly(args, 0, 'no arguments after "server start"');
-    // The KMS is chosen once, at init, and kept in config.json.
-    const initOnly = (['kms', ...PKCS11_OPTIONS] as const).find((o) => values[o] !== undefined);
+    // The KMS and the database are chosen once, at init, and kept in config.json.
+    const initOnly = (['kms', ...PKCS11_OPTIONS, ...DATABASE_OPTIONS] as const).find(
+      (o) => values[o] !== undefined,
+    );
     if (initOnly) throw new UsageError(`--${initOnly} applies to "server init" only`);
     const dataDir = need(values, 'data');
     const server = await runServer({

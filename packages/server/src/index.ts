@@ -13,6 +13,7 @@ export { createService, type Service, type ServiceOptions } from './service/app.
 export {
   ADMIN_SOCKET_FILE,
   CONFIG_FILE,
+  type DatabaseSetting,
   DEFAULT_HOSTNAME,
   DEFAULT_LISTEN,
   ENROLMENT_CODE_TTL_MS,
@@ -24,6 +25,7 @@ export {
   parseListen,
   readConfig,
   type ServerConfig,
+  urlHasPassword,
 } from './service/data-dir.js';
 export { type RunningServer, type RunOptions, runServer } from './service/run.js';
 export { generateSelfSignedIdentity, spkiPin, type TlsIdentity } from './service/tls.js';

@@ -44,8 +44,25 @@ async function userByName(ctx: ServiceContext, name: string): Promise<User> {
 export interface AdminKmsAccess {
   /** The server's open KMS. */
   readonly kms: Kms;
-  /** The wrapped-data-key file (DekRegistry) of the data directory. */
-  readonly dekFile: string;
+  /**
+   * The wrapped-data-key file (DekRegistry) of the data directory; undefined with the
+   * PostgreSQL backend, whose data keys live in its `data_keys` table: the `kms.*`
+   * operations are refused there (a rotation that missed those keys, followed by a destroy,
+   * would lose the data).
+   */
+  readonly dekFile: string | undefined;
+}
+
+/** The access with its key file, or the refusal when the data keys are not in a file. */
+function withDekFile(access: AdminKmsAccess): AdminKmsAccess & { dekFile: string } {
+  if (access.dekFile === undefined) {
+    throw new ApiError(
+      'BAD_REQUEST',
+      409,
+      'the kms commands do not support the PostgreSQL backend yet (its data keys live in the database)',
+    );
+  }
+  return access as AdminKmsAccess & { dekFile: string };
 }
 
 /**
@@ -69,7 +86,7 @@ function kmsFailure(err: unknown): unknown {
   }
 }
 
-async function kmsStatus(access: AdminKmsAccess) {
+async function kmsStatus(access: AdminKmsAccess & { dekFile: string }) {
   const d = await access.kms.describe();
   const registry = await DekRegistry.open(access.dekFile, access.kms);
   const counts = new Map<string, number>();
@@ -87,7 +104,7 @@ async function kmsStatus(access: AdminKmsAccess) {
   };
 }
 
-async function kmsRotate(access: AdminKmsAccess) {
+async function kmsRotate(access: AdminKmsAccess & { dekFile: string }) {
   const previousKeyId = (await access.kms.describe()).activeKeyId;
   const registry = await DekRegistry.open(access.dekFile, access.kms);
   // A new version first, then every data key re-wrapped in one atomic write of the file:
@@ -96,7 +113,7 @@ async function kmsRotate(access: AdminKmsAccess) {
   return { previousKeyId, activeKeyId, rewrapped };
 }
 
-async function kmsDestroy(access: AdminKmsAccess, keyId: string) {
+async function kmsDestroy(access: AdminKmsAccess & { dekFile: string }, keyId: string) {
   const d = await access.kms.describe();
   if (!d.keys.some((k) => k.id === keyId)) {
     throw new ApiError('NOT_FOUND', 404, `KEK version ${keyId} is not held by this KMS`);
@@ -222,16 +239,16 @@ export async function startAdminSocket(
         return { user: user.name, deviceId: r.deviceId, removed: true };
       }
       case 'kms.status':
-        return kmsOp(() => kmsStatus(kmsAccess));
+        return kmsOp(() => kmsStatus(withDekFile(kmsAccess)));
       case 'kms.rotate': {
-        const out = await kmsOp(() => kmsRotate(kmsAccess));
+        const out = await kmsOp(() => kmsRotate(withDekFile(kmsAccess)));
         ctx.log(
           `admin: KEK rotated from ${out.previousKeyId} to ${out.activeKeyId}; ${out.rewrapped} data key(s) re-wrapped`,
         );
         return out;
       }
       case 'kms.destroy': {
-        const out = await kmsOp(() => kmsDestroy(kmsAccess, r.keyId));
+        const out = await kmsOp(() => kmsDestroy(withDekFile(kmsAccess), r.keyId));
         ctx.log(`admin: KEK version ${r.keyId} destroyed`);
         return out;
       }

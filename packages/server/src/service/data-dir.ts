@@ -6,15 +6,32 @@
  * | `config.json` | hostname, listen address, TLS and KMS file paths; written last by init | 0600 |
  * | `tls-key.pem`, `tls-cert.pem` | generated ECDSA P-256 key and self-signed certificate (unless the operator configured their own) | 0600 |
  * | `kms-master.key` | the local KMS's key-encryption keys (absent with `pkcs11`: they live in the token) | 0600 |
- * | `data-keys.json` | the data keys, wrapped by the KMS | 0600 |
- * | `qalqon.db` (+ `-wal`, `-shm`) | the SQLCipher database | 0600 |
+ * | `data-keys.json` | the data keys, wrapped by the KMS (absent with `postgres`: they live in its `data_keys` table) | 0600 |
+ * | `qalqon.db` (+ `-wal`, `-shm`) | the SQLCipher database (absent with `postgres`) | 0600 |
  * | `admin.sock` | the running server's local admin socket | 0600 |
  *
  * `config.json` is written last, atomically: its presence means init completed. A directory
  * with some of the other files but no config is a crashed init, refused rather than guessed at.
  *
  * With the `pkcs11` KMS the config names the module, the token label and where the user PIN
- * comes from (an environment variable or a 0600 file), never the PIN itself.
+ * PIN comes from (an environment variable or a 0600 file), never the PIN itself.
+ *
+ * Database: `database` in the config is `{ provider: 'embedded' }` (the default; an older
+ * config without the field means the same) or `{ provider: 'postgres', urlEnv | url, ssl }`.
+ * A URL with a password is never stored: the config names the environment variable that
+ * holds the URL (`urlEnv`), or stores a URL that carries no password (`url`, for peer,
+ * certificate or .pgpass authentication). `ssl: true` requires TLS with certificate
+ * verification (or put `sslmode=verify-full&sslrootcert=...` in the URL instead).
+ *
+ * Several nodes on one PostgreSQL database (the multi-node flow): init ONE data directory
+ * against the database. Every other node gets a copy of that directory's config.json, its
+ * TLS certificate and key (clients pin that key, so all nodes must present it) and access
+ * to the same KMS (a copy of kms-master.key with the local KMS, or the same token with
+ * PKCS#11), plus the database URL in the named environment variable; then `server start`.
+ * Each node keeps its own admin socket. Running `init` a second time against a database
+ * that already holds a deployment is refused (ALREADY_INITIALISED): a fresh KMS could not
+ * unwrap the data keys there, and two directories sharing a database by accident must
+ * not happen silently.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
@@ -26,7 +43,8 @@ import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { Pkcs11Kms, type Pkcs11KmsConfig, type Pkcs11PinSource } from '../kms/pkcs11-kms.js';
 import { ensurePrivateDir, writePrivateFileAtomic } from '../secure-file.js';
 import { DATABASE_FILE, openEmbeddedStorage } from '../storage/embedded.js';
-import type { Storage } from '../storage/types.js';
+import { createPostgresPool, openPostgresStorage, postgresError } from '../storage/postgres.js';
+import type { Storage, StorageLimits } from '../storage/types.js';
 import { astring } from '../validate.js';
 import { checkHostname, checkTlsPair, generateSelfSignedIdentity, spkiPin } from './tls.js';
 
@@ -54,7 +72,23 @@ export interface ServerConfig {
   /** Paths relative to the data directory, or absolute (operator-supplied files). */
   readonly tls: { readonly certFile: string; readonly keyFile: string };
   readonly kms: LocalKmsSetting | Pkcs11KmsSetting;
+  /** Absent in configs written before the PostgreSQL backend: embedded. */
+  readonly database?: DatabaseSetting;
 }
+
+/**
+ * Where the data lives. The PostgreSQL URL comes from the named environment variable
+ * (`urlEnv`, the way to pass a password) or is stored as is (`url`, only without a password).
+ */
+export type DatabaseSetting =
+  | { readonly provider: 'embedded' }
+  | { readonly provider: 'postgres'; readonly urlEnv: string; readonly ssl: boolean }
+  | { readonly provider: 'postgres'; readonly url: string; readonly ssl: boolean };
+
+/** What `openDatabase` needs: the embedded store, or the PostgreSQL URL as read at start. */
+export type ResolvedDatabase =
+  | { readonly provider: 'embedded' }
+  | { readonly provider: 'postgres'; readonly url: string; readonly ssl: boolean };
 
 /** The local KMS: its master-key file, relative to the data directory or absolute. */
 export interface LocalKmsSetting {
@@ -79,6 +113,8 @@ export interface InitOptions {
   readonly tlsKeyFile?: string;
   /** Default: the local KMS (a master-key file in the data directory). */
   readonly kms?: KmsChoice;
+  /** Default: the embedded (SQLCipher) database in the data directory. */
+  readonly database?: DatabaseSetting;
   readonly clock?: () => number;
 }
 
@@ -95,6 +131,7 @@ export interface InitResult {
   readonly certFile: string;
   /** The KMS as it was set up: provider, location and the first KEK version. Never secret. */
   readonly kms: KmsDescription;
+  readonly database: 'embedded' | 'postgres';
 }
 
 /** A fresh enrolment code: 120 random bits as 20 base64url characters. */
@@ -146,9 +183,11 @@ function checkPinSource(pin: unknown): pin is Pkcs11PinSource {
   return false;
 }
 
-export function readConfig(
-  dataDir: string,
-): ServerConfig & { paths: { cert: string; key: string }; kmsSetting: ResolvedKmsSetting } {
+export function readConfig(dataDir: string): ServerConfig & {
+  paths: { cert: string; key: string };
+  kmsSetting: ResolvedKmsSetting;
+  databaseSetting: DatabaseSetting;
+} {
   const path = join(dataDir, CONFIG_FILE);
   let raw: unknown;
   try {
@@ -188,6 +227,12 @@ export function readConfig(
   } else {
     throw bad('kms');
   }
+  let databaseSetting: DatabaseSetting;
+  try {
+    databaseSetting = checkDatabaseChoice('database', c.database ?? { provider: 'embedded' });
+  } catch {
+    throw bad('database');
+  }
   for (const [field, p] of Object.entries(files)) {
     if (!existsSync(p))
       throw new ServerError('CONFIG_INVALID', `${path}: the ${field} file ${p} does not exist`);
@@ -196,6 +241,7 @@ export function readConfig(
     ...(c as ServerConfig),
     paths: { cert: files.cert!, key: files.key! },
     kmsSetting,
+    databaseSetting,
   };
 }
 
@@ -206,6 +252,170 @@ export function readConfig(
 export async function openKms(setting: ResolvedKmsSetting): Promise<Kms> {
   if (setting.provider === 'local') return LocalKms.open(setting.keyFile);
   return Pkcs11Kms.open({ module: setting.module, tokenLabel: setting.tokenLabel, pin: setting.pin });
+}
+
+/** URL parameters that libpq and node-postgres read a password from. */
+const URL_SECRET_PARAMS = ['password', 'sslpassword'];
+
+function checkDatabaseUrl(label: string, value: unknown): URL {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 4096) {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}" expected a postgres:// URL`);
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(value);
+  } catch {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}" is not a URL`);
+  }
+  if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}" expected a postgres:// or postgresql:// URL`);
+  }
+  return parsed;
+}
+
+/** True when the URL carries a password (in its user info or a parameter). */
+export function urlHasPassword(url: string): boolean {
+  try {
+    const parsed = new URL(url);
+    return parsed.password !== '' || URL_SECRET_PARAMS.some((p) => parsed.searchParams.has(p));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Checks a database setting (from init's options or from config.json). Messages never quote
+ * the URL: it may carry a password, and a refused one must not end up in a log.
+ */
+export function checkDatabaseChoice(label: string, choice: unknown): DatabaseSetting {
+  const d = choice as Partial<{ provider: string; urlEnv: unknown; url: unknown; ssl: unknown }> | null;
+  if (typeof d !== 'object' || d === null) {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}" expected { provider }`);
+  }
+  if (d.provider === 'embedded') {
+    if (Object.keys(d).length !== 1) {
+      throw new ServerError('INVALID_ARGUMENT', `"${label}" with the embedded provider takes no other field`);
+    }
+    return { provider: 'embedded' };
+  }
+  if (d.provider !== 'postgres') {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}.provider" expected embedded or postgres`);
+  }
+  const ssl = d.ssl ?? false;
+  if (typeof ssl !== 'boolean') throw new ServerError('INVALID_ARGUMENT', `"${label}.ssl" expected boolean`);
+  if ((d.urlEnv === undefined) === (d.url === undefined)) {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}" expected exactly one of urlEnv and url`);
+  }
+  if (d.urlEnv !== undefined) {
+    const urlEnv = astring(`${label}.urlEnv`, d.urlEnv, 1, 128, ENV_NAME_PATTERN);
+    return { provider: 'postgres', urlEnv, ssl };
+  }
+  checkDatabaseUrl(`${label}.url`, d.url);
+  const url = d.url as string;
+  if (urlHasPassword(url)) {
+    throw new ServerError(
+      'INVALID_ARGUMENT',
+      `"${label}.url" carries a password, which would be stored in config.json; pass the URL in an environment variable (urlEnv) instead`,
+    );
+  }
+  return { provider: 'postgres', url, ssl };
+}
+
+/** Reads the database URL from where the setting says (the environment at start, or the config). */
+export function resolveDatabase(setting: DatabaseSetting): ResolvedDatabase {
+  if (setting.provider === 'embedded') return setting;
+  if ('url' in setting) return { provider: 'postgres', url: setting.url, ssl: setting.ssl };
+  const url = process.env[setting.urlEnv];
+  if (url === undefined || url === '') {
+    throw new ServerError(
+      'DATABASE_UNAVAILABLE',
+      `the PostgreSQL URL is expected in environment variable ${setting.urlEnv}, which is not set`,
+    );
+  }
+  try {
+    checkDatabaseUrl('database URL', url);
+  } catch {
+    throw new ServerError(
+      'DATABASE_UNAVAILABLE',
+      `environment variable ${setting.urlEnv} does not hold a postgres:// or postgresql:// URL`,
+    );
+  }
+  return { provider: 'postgres', url, ssl: setting.ssl };
+}
+
+/**
+ * Opens the storage the config names: the SQLCipher file in the data directory, or the
+ * PostgreSQL database (migrated under its lock; data keys unwrapped from its table).
+ */
+export async function openDatabase(
+  db: ResolvedDatabase,
+  options: {
+    readonly dataDir: string;
+    readonly kms: Kms;
+    readonly clock?: () => number;
+    readonly limits?: Partial<StorageLimits>;
+  },
+): Promise<Storage> {
+  const { dataDir, kms, clock, limits } = options;
+  if (db.provider === 'embedded') {
+    return openEmbeddedStorage({
+      dataDir,
+      kms,
+      synchronous: 'FULL',
+      ...(clock ? { clock } : {}),
+      ...(limits ? { limits } : {}),
+    });
+  }
+  return openPostgresStorage({
+    url: db.url,
+    kms,
+    ...(db.ssl ? { ssl: true } : {}),
+    ...(clock ? { clock } : {}),
+    ...(limits ? { limits } : {}),
+  });
+}
+
+/**
+ * Refuses (ALREADY_INITIALISED) a database that already holds a deployment: users, or data
+ * keys a fresh KMS could not unwrap. Run before anything is created, so an unreachable
+ * database also leaves the data directory untouched. (Two inits racing past this check
+ * still cannot share: the loser's KMS cannot unwrap the winner's data keys.)
+ */
+async function checkDatabaseUnused(db: ResolvedDatabase): Promise<void> {
+  if (db.provider === 'embedded') return;
+  const pool = createPostgresPool({ url: db.url, ...(db.ssl ? { ssl: true } : {}), maxConnections: 1 });
+  let used = false;
+  try {
+    // One client, its queries in turn (pool.query would race the pool's own SET on connect).
+    const client = await pool.connect();
+    try {
+      const t = await client.query<{ users: string | null; keys: string | null }>(
+        "SELECT to_regclass('users')::text AS users, to_regclass('data_keys')::text AS keys",
+      );
+      const row = t.rows[0]!;
+      for (const [table, exists] of [
+        ['users', row.users],
+        ['data_keys', row.keys],
+      ] as const) {
+        if (exists !== null && (await client.query(`SELECT 1 FROM ${table} LIMIT 1`)).rowCount !== 0) {
+          used = true;
+        }
+      }
+    } finally {
+      client.release();
+    }
+  } catch (err) {
+    throw postgresError(err);
+  } finally {
+    await pool.end().catch(() => undefined);
+  }
+  if (used) {
+    throw new ServerError(
+      'ALREADY_INITIALISED',
+      'the PostgreSQL database already holds a Qalqon deployment; to add a node, copy the first ' +
+        "node's config.json, TLS certificate and key and KMS access instead of running init",
+    );
+  }
 }
 
 function readPem(label: string, path: string): string {
@@ -265,6 +475,11 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
     throw new ServerError('INVALID_ARGUMENT', '"options.tlsCertFile" and "options.tlsKeyFile" go together');
   }
   const kmsChoice = checkKmsChoice(options.kms);
+  const databaseSetting = checkDatabaseChoice(
+    'options.database',
+    options.database ?? { provider: 'embedded' },
+  );
+  const database = resolveDatabase(databaseSetting);
   const clock = options.clock ?? Date.now;
   ensurePrivateDir(dataDir);
   for (const f of [CONFIG_FILE, LOCAL_KMS_FILE, DEK_FILE, DATABASE_FILE, TLS_KEY_FILE]) {
@@ -291,6 +506,8 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
     pin = spkiPin(generated.certPem);
     tls = { certFile: TLS_CERT_FILE, keyFile: TLS_KEY_FILE };
   }
+  // Reachable, and not another deployment's: checked before the KMS key exists.
+  await checkDatabaseUnused(database);
 
   let kmsSetting: ServerConfig['kms'];
   let kms: Kms;
@@ -315,7 +532,7 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
         existsCode: 'ALREADY_INITIALISED',
       });
     }
-    const storage = await openEmbeddedStorage({ dataDir, kms, clock });
+    const storage = await openDatabase(database, { dataDir, kms, clock });
     try {
       const admin = await storage.createUser({ name: FIRST_ADMIN_NAME, roles: [ADMIN_ROLE] });
       code = await issueEnrolmentCode(storage, admin.id, clock());
@@ -334,6 +551,7 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
     listen,
     tls,
     kms: kmsSetting,
+    database: databaseSetting,
   };
   writePrivateFileAtomic(
     join(dataDir, CONFIG_FILE),
@@ -353,5 +571,6 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
     enrollmentCodeExpiresAt: code.expiresAt,
     certFile: resolveIn(dataDir, tls.certFile),
     kms: kmsDescription,
+    database: database.provider,
   };
 }
