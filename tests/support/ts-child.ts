@@ -41,23 +41,36 @@ export function sourceUrl(pkg: string, path: string): string {
   return pathToFileURL(join(packagesDir, pkg, 'src', path)).href;
 }
 
-/** Writes the loader into `dir` and returns a function that runs a script (or a .ts file) in a child. */
-export function childRunner(dir: string): (script: string, args: string[]) => ChildProcess {
+/** Environment changes for a child: a value sets the variable, `undefined` removes it. */
+export type EnvChanges = Readonly<Record<string, string | undefined>>;
+
+function childEnv(changes: EnvChanges): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const [k, v] of Object.entries(changes)) {
+    if (v === undefined) delete env[k];
+    else env[k] = v;
+  }
+  return env;
+}
+
+/**
+ * Writes the loader into `dir` and returns a function that runs a script in a child, with
+ * this process's environment plus `env`.
+ */
+export function childRunner(dir: string): (script: string, args: string[], env?: EnvChanges) => ChildProcess {
   writeFileSync(join(dir, 'loader.mjs'), LOADER);
   const loaderUrl = pathToFileURL(join(dir, 'loader.mjs')).href;
   writeFileSync(
     join(dir, 'register.mjs'),
     `import { register } from 'node:module'; register(${JSON.stringify(loaderUrl)});`,
   );
-  return (script, args) => {
+  return (script, args, env = {}) => {
     const file = join(dir, `child-${randomBytes(4).toString('hex')}.mjs`);
     writeFileSync(file, script);
     return spawn(
       process.execPath,
       ['--import', pathToFileURL(join(dir, 'register.mjs')).href, file, ...args],
-      {
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
+      { stdio: ['pipe', 'pipe', 'pipe'], env: childEnv(env) },
     );
   };
 }

@@ -1,55 +1,14 @@
-/**
- * The `qalqon` command: `server init` in-process, `server start` as a real process (the
- * CLI's own entry point), and the admin commands reaching that running server through its
- * 0600 Unix socket. Output rules of SPEC section 3 are checked on the way: one JSON object
- * on stdout with --json, one sentence on stderr for errors, exit 1 refused / 2 bad usage.
- */
-import type { ChildProcess } from 'node:child_process';
 import { createHash, X509Certificate } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { get } from 'node:https';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TLSSocket } from 'node:tls';
 import { generateSelfSignedIdentity } from '@qalqon/server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { childRunner, firstLine, sourceUrl } from '../../../tests/support/ts-child.js';
-import { run } from './cli.js';
-import type { CliIo } from './io.js';
+import { cliHarness, oneJson, qalqon } from './cli-harness.test-util.js';
 
-const dirs: string[] = [];
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'qalqon-cli-'));
-  dirs.push(d);
-  return d;
-}
-
-async function qalqon(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: CliIo = {
-    stdout: (t) => {
-      out += t;
-    },
-    stderr: (t) => {
-      err += t;
-    },
-  };
-  const code = await run(argv, io);
-  return { code, out, err };
-}
-
-function oneJson(out: string): Record<string, unknown> {
-  const lines = out.split('\n').filter((l) => l !== '');
-  expect(lines).toHaveLength(1);
-  return JSON.parse(lines[0]!) as Record<string, unknown>;
-}
+const { tempDir, track } = cliHarness('qalqon-cli-');
 
 function pinOf(certPem: string): string {
   const spki = new X509Certificate(certPem).publicKey.export({ type: 'spki', format: 'der' });
@@ -157,7 +116,7 @@ describe('qalqon server start + admin over the unix socket', () => {
       '127.0.0.1:0',
       '--json',
     ]);
-    children.push(child);
+    track(child);
     let stderr = '';
     child.stderr?.on('data', (d: Buffer) => {
       stderr += d.toString();

@@ -8,16 +8,15 @@
  *
  * If SoftHSM2 is missing the suite fails rather than skips, as pkcs11-kms.test.ts does.
  */
-import { type ChildProcess, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { get } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { childRunner, firstLine, sourceUrl } from '../../../tests/support/ts-child.js';
-import { run } from './cli.js';
-import type { CliIo } from './io.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cliHarness, healthz, oneJson, qalqon, stopServer, userNames } from './cli-harness.test-util.js';
+
+const { tempDir, runQalqon, startServer } = cliHarness('qalqon-cli-kms-');
 
 const MODULE_CANDIDATES = [
   '/usr/lib/softhsm/libsofthsm2.so',
@@ -39,9 +38,6 @@ let modulePath = '';
 let hsmRoot = '';
 let tokenCount = 0;
 
-const dirs: string[] = [];
-const children: ChildProcess[] = [];
-
 beforeAll(() => {
   const found = MODULE_CANDIDATES.find((p) => existsSync(p));
   if (!found) throw new Error(`${INSTALL_HINT} (no libsofthsm2.so in ${MODULE_CANDIDATES.join(', ')})`);
@@ -58,23 +54,12 @@ beforeAll(() => {
   process.env[PIN_ENV] = USER_PIN;
 });
 
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
-
 afterAll(() => {
   if (hsmRoot) rmSync(hsmRoot, { recursive: true, force: true });
   delete process.env[PIN_ENV];
   if (previousConf === undefined) delete process.env.SOFTHSM2_CONF;
   else process.env.SOFTHSM2_CONF = previousConf;
 });
-
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'qalqon-cli-kms-'));
-  dirs.push(d);
-  return d;
-}
 
 function newToken(): string {
   const label = `qalqon-cli-${++tokenCount}`;
@@ -88,104 +73,6 @@ function newToken(): string {
     throw new Error(`${INSTALL_HINT} (softhsm2-util --init-token failed: ${(err as Error).message})`);
   }
   return label;
-}
-
-/** Runs `qalqon` in this process (admin commands: they only talk to the socket). */
-async function qalqon(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: CliIo = {
-    stdout: (t) => {
-      out += t;
-    },
-    stderr: (t) => {
-      err += t;
-    },
-  };
-  const code = await run(argv, io);
-  return { code, out, err };
-}
-
-function oneJson(out: string): Record<string, unknown> {
-  const lines = out.split('\n').filter((l) => l !== '');
-  expect(lines).toHaveLength(1);
-  return JSON.parse(lines[0]!) as Record<string, unknown>;
-}
-
-/**
- * Spawns `qalqon ARGS` as a real process; `env` entries are set (or, when undefined, removed)
- * in this process's environment only while the child is spawned, which copies it.
- */
-function spawnQalqon(
-  dir: string,
-  args: string[],
-  env: Record<string, string | undefined> = {},
-): ChildProcess {
-  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-  const set = (vars: Record<string, string | undefined>) => {
-    for (const [k, v] of Object.entries(vars)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  };
-  set(env);
-  try {
-    const child = childRunner(dir)(`import ${JSON.stringify(sourceUrl('cli', 'main.ts'))};`, args);
-    children.push(child);
-    return child;
-  } finally {
-    set(saved);
-  }
-}
-
-/** Runs `qalqon ARGS` as a process to completion. */
-function runQalqon(
-  dir: string,
-  args: string[],
-  env: Record<string, string | undefined> = {},
-): Promise<{ code: number | null; out: string; err: string }> {
-  const child = spawnQalqon(dir, args, env);
-  let out = '';
-  let err = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  child.stderr?.on('data', (d: Buffer) => {
-    err += d.toString();
-  });
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
-}
-
-interface Started {
-  readonly child: ChildProcess;
-  readonly listening: string;
-  readonly stderr: () => string;
-}
-
-async function startServer(dir: string, data: string): Promise<Started> {
-  const child = spawnQalqon(dir, ['server', 'start', '--data', data, '--listen', '127.0.0.1:0', '--json']);
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const line = JSON.parse(await firstLine(child)) as { listening: string };
-  return { child, listening: line.listening, stderr: () => stderr };
-}
-
-async function stopServer(s: Started): Promise<void> {
-  const exited = new Promise<number | null>((resolve) => s.child.once('exit', (c) => resolve(c)));
-  s.child.kill('SIGTERM');
-  expect(await exited).toBe(0);
-}
-
-function healthz(url: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = get(`${url}/healthz`, { rejectUnauthorized: false }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-  });
 }
 
 interface KmsStatus {
@@ -225,12 +112,6 @@ function wrappedUnder(data: string): Record<string, string> {
 
 function allUnder(keyId: string): Record<string, string> {
   return Object.fromEntries(DEK_NAMES.map((n) => [n, keyId]));
-}
-
-async function userNames(data: string): Promise<string[]> {
-  const r = await qalqon('admin', '--data', data, 'user', 'list', '--json');
-  expect(r.code).toBe(0);
-  return (oneJson(r.out) as { users: { name: string }[] }).users.map((u) => u.name);
 }
 
 describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {

@@ -11,24 +11,14 @@
  *
  * PostgreSQL must be running (CI starts it); the suite fails rather than skips.
  */
-import { type ChildProcess, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
-import { get } from 'node:https';
-import { tmpdir } from 'node:os';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { childRunner, firstLine, sourceUrl } from '../../../tests/support/ts-child.js';
-import { run } from './cli.js';
-import type { CliIo } from './io.js';
+import { cliHarness, healthz, oneJson, qalqon, stopServer, userNames } from './cli-harness.test-util.js';
+
+const { tempDir, runQalqon, startServer } = cliHarness('qalqon-cli-pg-');
 
 const ADMIN_URL = process.env.QALQON_TEST_POSTGRES_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
 const START_HINT =
@@ -38,13 +28,9 @@ const START_HINT =
 const URL_ENV = 'QALQON_CLI_TEST_DATABASE_URL';
 const PASSWORD = `pw-${randomBytes(8).toString('hex')}`;
 
-const dirs: string[] = [];
-const children: ChildProcess[] = [];
 const databases: string[] = [];
 
 afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
   for (const db of databases.splice(0)) psql(ADMIN_URL, `DROP DATABASE IF EXISTS ${db} WITH (FORCE)`);
 });
 
@@ -71,111 +57,6 @@ function createDb(): { name: string; url: string; urlWithPassword: string } {
   return { name, url, urlWithPassword: u.toString() };
 }
 
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), 'qalqon-cli-pg-'));
-  dirs.push(d);
-  return d;
-}
-
-/** Runs `qalqon` in this process (admin commands: they only talk to the socket). */
-async function qalqon(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: CliIo = {
-    stdout: (t) => {
-      out += t;
-    },
-    stderr: (t) => {
-      err += t;
-    },
-  };
-  const code = await run(argv, io);
-  return { code, out, err };
-}
-
-function oneJson(out: string): Record<string, unknown> {
-  const lines = out.split('\n').filter((l) => l !== '');
-  expect(lines).toHaveLength(1);
-  return JSON.parse(lines[0]!) as Record<string, unknown>;
-}
-
-/** Spawns `qalqon ARGS` with `env` set (undefined: removed) in the environment it copies. */
-function spawnQalqon(dir: string, args: string[], env: Record<string, string | undefined>): ChildProcess {
-  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
-  const set = (vars: Record<string, string | undefined>) => {
-    for (const [k, v] of Object.entries(vars)) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  };
-  set(env);
-  try {
-    const child = childRunner(dir)(`import ${JSON.stringify(sourceUrl('cli', 'main.ts'))};`, args);
-    children.push(child);
-    return child;
-  } finally {
-    set(saved);
-  }
-}
-
-function runQalqon(
-  dir: string,
-  args: string[],
-  env: Record<string, string | undefined>,
-): Promise<{ code: number | null; out: string; err: string }> {
-  const child = spawnQalqon(dir, args, env);
-  let out = '';
-  let err = '';
-  child.stdout?.on('data', (d: Buffer) => {
-    out += d.toString();
-  });
-  child.stderr?.on('data', (d: Buffer) => {
-    err += d.toString();
-  });
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
-}
-
-interface Started {
-  readonly child: ChildProcess;
-  readonly listening: string;
-  readonly stderr: () => string;
-}
-
-async function startServer(dir: string, data: string, url: string): Promise<Started> {
-  const child = spawnQalqon(dir, ['server', 'start', '--data', data, '--listen', '127.0.0.1:0', '--json'], {
-    [URL_ENV]: url,
-  });
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => {
-    stderr += d.toString();
-  });
-  const line = JSON.parse(await firstLine(child)) as { listening: string };
-  return { child, listening: line.listening, stderr: () => stderr };
-}
-
-async function stopServer(s: Started): Promise<void> {
-  const exited = new Promise<number | null>((resolve) => s.child.once('exit', (c) => resolve(c)));
-  s.child.kill('SIGTERM');
-  expect(await exited).toBe(0);
-}
-
-function healthz(url: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = get(`${url}/healthz`, { rejectUnauthorized: false }, (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-  });
-}
-
-async function userNames(data: string): Promise<string[]> {
-  const r = await qalqon('admin', '--data', data, 'user', 'list', '--json');
-  expect(r.err).toBe('');
-  expect(r.code).toBe(0);
-  return (oneJson(r.out) as { users: { name: string }[] }).users.map((u) => u.name).sort();
-}
-
 function expectNoSecret(...texts: string[]): void {
   for (const t of texts) {
     expect(t).not.toContain(PASSWORD);
@@ -199,7 +80,7 @@ describe('qalqon server init/start with PostgreSQL', () => {
     // A data directory from before the PostgreSQL backend has no "database": still embedded.
     delete config.database;
     writeFileSync(configPath, JSON.stringify(config), { mode: 0o600 });
-    const server = await startServer(dir, data, '');
+    const server = await startServer(dir, data, { [URL_ENV]: '' });
     expect(await healthz(server.listening)).toBe(200);
     expect((await qalqon('admin', '--data', data, 'user', 'add', 'bob')).code).toBe(0);
     expect(await userNames(data)).toEqual(['admin', 'bob']);
@@ -238,7 +119,7 @@ describe('qalqon server init/start with PostgreSQL', () => {
     expect(psql(db.url, 'SELECT count(*) FROM enrolment_codes')).toBe('1');
     expect(psql(db.url, 'SELECT name FROM data_keys ORDER BY name')).toBe('fields-1\nlookup');
 
-    let server = await startServer(dir, data, db.urlWithPassword);
+    let server = await startServer(dir, data, { [URL_ENV]: db.urlWithPassword });
     expect(await healthz(server.listening)).toBe(200);
     const added = await qalqon('admin', '--data', data, 'user', 'add', 'bob', '--json');
     expect(added.err).toBe('');
@@ -256,7 +137,7 @@ describe('qalqon server init/start with PostgreSQL', () => {
     expect(existsSync(join(data, 'qalqon.db'))).toBe(false);
 
     // Restarted, it opens the same database and still has bob.
-    server = await startServer(dir, data, db.urlWithPassword);
+    server = await startServer(dir, data, { [URL_ENV]: db.urlWithPassword });
     expect(await healthz(server.listening)).toBe(200);
     expect(await userNames(data)).toEqual(['admin', 'bob']);
     await stopServer(server);
@@ -308,8 +189,8 @@ describe('qalqon server init/start with PostgreSQL', () => {
     for (const f of ['config.json', 'tls-key.pem', 'tls-cert.pem', 'kms-master.key']) {
       copyFileSync(join(first, f), join(node2, f));
     }
-    const a = await startServer(dir, first, db.urlWithPassword);
-    const b = await startServer(dir, node2, db.urlWithPassword);
+    const a = await startServer(dir, first, { [URL_ENV]: db.urlWithPassword });
+    const b = await startServer(dir, node2, { [URL_ENV]: db.urlWithPassword });
     expect(await healthz(a.listening)).toBe(200);
     expect(await healthz(b.listening)).toBe(200);
     expect((await qalqon('admin', '--data', first, 'user', 'add', 'bob')).code).toBe(0);
@@ -352,7 +233,7 @@ describe('qalqon server init/start with PostgreSQL', () => {
       url: db.url,
       ssl: false,
     });
-    const server = await startServer(dir, data, '');
+    const server = await startServer(dir, data, { [URL_ENV]: '' });
     expect(await healthz(server.listening)).toBe(200);
     expect(await userNames(data)).toEqual(['admin']);
     await stopServer(server);
