@@ -145,3 +145,47 @@ export function checkLimits(defaults: StorageLimits, v: Partial<StorageLimits> |
   }
   return out as unknown as StorageLimits;
 }
+
+/** The arguments of `createEnrolmentCode`, checked: a code of the right shape that expires after `now`. */
+export function checkNewEnrolmentCode(
+  input: unknown,
+  now: number,
+): { userId: string; code: string; expiresAt: number } {
+  const o = aobject('input', input);
+  return {
+    userId: checkUserId('input.userId', o.userId),
+    code: astring('input.code', o.code, MIN_CODE_LEN, MAX_CODE_LEN, CODE_PATTERN),
+    expiresAt: aint('input.expiresAt', o.expiresAt, now + 1, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+/** The one answer for every code that does not enrol: unknown, expired, used or malformed alike. */
+export function enrolmentCodeInvalid(): ServerError {
+  return new ServerError('ENROLMENT_CODE_INVALID', 'the enrolment code is not valid');
+}
+
+/**
+ * The arguments of `enrolDevice`, checked. A code of the wrong shape is simply not a valid
+ * code: it gets the same opaque ENROLMENT_CODE_INVALID as any other, not an argument error.
+ */
+export function checkEnrolment(input: unknown, limits: StorageLimits): { code: string; device: NewDevice } {
+  const o = aobject('input', input);
+  const code = astring('input.code', o.code, 0, 4096);
+  const device = checkNewDevice('input.device', o.device, limits);
+  if (code.length < MIN_CODE_LEN || code.length > MAX_CODE_LEN || !CODE_PATTERN.test(code)) {
+    throw enrolmentCodeInvalid();
+  }
+  return { code, device };
+}
+
+/** Whether a device queue holding `queued` may take `add` more envelopes within the limits. */
+export function fitsQueueLimits(
+  limits: StorageLimits,
+  queued: { readonly queued_count: number; readonly queued_bytes: number },
+  add: { readonly count: number; readonly bytes: number },
+): boolean {
+  return (
+    queued.queued_count + add.count <= limits.maxQueuedPerDevice &&
+    queued.queued_bytes + add.bytes <= limits.maxQueuedBytesPerDevice
+  );
+}

@@ -50,32 +50,35 @@ import { abytes, aint, aobject, astring } from '../validate.js';
 import { FIELD_DEK, FIELD_DEK_GENERATION, LOOKUP_DEK } from './embedded.js';
 import { FieldSealer } from './field-sealer.js';
 import {
-  CODE_PATTERN,
   checkDeviceId,
+  checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
   checkLimits,
   checkNewDevice,
+  checkNewEnrolmentCode,
   checkOneTimePrekeys,
   checkRoles,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
   DEFAULT_FETCH,
-  MAX_CODE_LEN,
+  enrolmentCodeInvalid,
+  fitsQueueLimits,
   MAX_FETCH,
-  MIN_CODE_LEN,
 } from './input.js';
 import { migratePostgres, POSTGRES_MIGRATIONS } from './postgres-schema.js';
 import {
   type DeviceRowFields,
   deviceRowId,
+  type EnvelopeRow,
   enrolmentCodeHash,
   envelopeBodyRef,
   identityKeyRef,
   newId,
   oneTimePrekeyRef,
   openDevice,
+  openEnvelope,
   ref,
   sealDeviceFields,
   tallyRecipients,
@@ -432,17 +435,6 @@ interface DeviceRow extends DeviceRowFields {
   queued_bytes: number;
 }
 
-interface EnvelopeRow {
-  seq: number;
-  id: string;
-  recipient_user_id: string;
-  recipient_device_id: number;
-  sender_user_id: string;
-  sender_device_id: number;
-  created_at: number;
-  body: Buffer;
-}
-
 const USER_COLUMNS = `u.id, u.name, u.identity_key, u.created_at,
   ARRAY(SELECT r.role FROM user_roles r WHERE r.user_id = u.id ORDER BY r.role) AS roles`;
 
@@ -629,11 +621,8 @@ export class PostgresStorage implements Storage {
     readonly code: string;
     readonly expiresAt: number;
   }): Promise<void> {
-    const o = aobject('input', input);
-    const userId = checkUserId('input.userId', o.userId);
-    const code = astring('input.code', o.code, MIN_CODE_LEN, MAX_CODE_LEN, CODE_PATTERN);
     const now = this.#clock();
-    const expiresAt = aint('input.expiresAt', o.expiresAt, now + 1, Number.MAX_SAFE_INTEGER);
+    const { userId, code, expiresAt } = checkNewEnrolmentCode(input, now);
     const hash = enrolmentCodeHash(this.#lookupKey, code);
     await this.#tx(async (c) => {
       await this.#lockUser(c, userId);
@@ -647,12 +636,8 @@ export class PostgresStorage implements Storage {
   }
 
   async enrolDevice(input: { readonly code: string; readonly device: NewDevice }): Promise<Device> {
-    const o = aobject('input', input);
-    const code = astring('input.code', o.code, 0, 4096);
-    const device = checkNewDevice('input.device', o.device, this.#limits);
-    const invalid = () => new ServerError('ENROLMENT_CODE_INVALID', 'the enrolment code is not valid');
-    // A code of the wrong shape is simply not a valid code: same opaque answer as any other.
-    if (code.length < MIN_CODE_LEN || code.length > MAX_CODE_LEN || !CODE_PATTERN.test(code)) throw invalid();
+    const { code, device } = checkEnrolment(input, this.#limits);
+    const invalid = enrolmentCodeInvalid;
     const hash = enrolmentCodeHash(this.#lookupKey, code);
     const now = this.#clock();
     return this.#tx(async (c) => {
@@ -954,7 +939,7 @@ export class PostgresStorage implements Storage {
       for (const t of tallies) {
         let s = stats.get(deviceRowId(t.userId, t.deviceId));
         if (!s) throw deviceNotFound(t.userId, t.deviceId);
-        if (!this.#fits(s, t)) {
+        if (!fitsQueueLimits(this.#limits, s, t)) {
           // Expired envelopes still count until purged; purge this queue before refusing.
           const freed = await this.#purge(c, now, t.userId, t.deviceId);
           s = {
@@ -962,7 +947,7 @@ export class PostgresStorage implements Storage {
             queued_count: s.queued_count - freed.count,
             queued_bytes: s.queued_bytes - freed.bytes,
           };
-          if (!this.#fits(s, t)) {
+          if (!fitsQueueLimits(this.#limits, s, t)) {
             throw new ServerError(
               'MAILBOX_FULL',
               `the mailbox of user ${t.userId} device ${t.deviceId} is full (${s.queued_count} envelopes, ${s.queued_bytes} bytes)`,
@@ -1012,13 +997,6 @@ export class PostgresStorage implements Storage {
         }),
       );
     });
-  }
-
-  #fits(s: { queued_count: number; queued_bytes: number }, add: { count: number; bytes: number }): boolean {
-    return (
-      s.queued_count + add.count <= this.#limits.maxQueuedPerDevice &&
-      s.queued_bytes + add.bytes <= this.#limits.maxQueuedBytesPerDevice
-    );
   }
 
   /**
@@ -1080,16 +1058,7 @@ export class PostgresStorage implements Storage {
     );
     // A device's envelopes are deleted with it, so only an empty page needs the device check.
     if (r.rows.length === 0) await this.#deviceExists(userId, deviceId);
-    return r.rows.map((row) => ({
-      id: row.id,
-      seq: row.seq,
-      recipientUserId: row.recipient_user_id,
-      recipientDeviceId: row.recipient_device_id,
-      senderUserId: row.sender_user_id,
-      senderDeviceId: row.sender_device_id,
-      createdAt: row.created_at,
-      body: this.#sealer.open(envelopeBodyRef(row.id), row.body),
-    }));
+    return r.rows.map((row) => openEnvelope(this.#sealer, row));
   }
 
   async ackEnvelopes(userId: string, deviceId: number, ids: readonly string[]): Promise<number> {

@@ -11,7 +11,7 @@
 import { hmacSha256 } from '@qalqon/crypto';
 import { publicRandomBytes } from '../random-pool.js';
 import type { FieldRef, FieldSealer } from './field-sealer.js';
-import type { Device, NewDevice, NewEnvelope } from './types.js';
+import type { Device, Envelope, NewDevice, NewEnvelope } from './types.js';
 
 const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
 
@@ -131,4 +131,29 @@ export function tallyRecipients(envelopes: readonly NewEnvelope[]): Map<string, 
     acc.bytes += e.body.length;
   }
   return out;
+}
+
+/** An envelope as both backends store it (the body sealed under `envelopeBodyRef(id)`). */
+export interface EnvelopeRow {
+  readonly seq: number;
+  readonly id: string;
+  readonly recipient_user_id: string;
+  readonly recipient_device_id: number;
+  readonly sender_user_id: string;
+  readonly sender_device_id: number;
+  readonly created_at: number;
+  readonly body: Uint8Array;
+}
+
+export function openEnvelope(sealer: FieldSealer, row: EnvelopeRow): Envelope {
+  return {
+    id: row.id,
+    seq: row.seq,
+    recipientUserId: row.recipient_user_id,
+    recipientDeviceId: row.recipient_device_id,
+    senderUserId: row.sender_user_id,
+    senderDeviceId: row.sender_device_id,
+    createdAt: row.created_at,
+    body: sealer.open(envelopeBodyRef(row.id), row.body),
+  };
 }

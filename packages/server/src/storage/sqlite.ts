@@ -24,24 +24,35 @@ import { ServerError } from '../errors.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
 import type { FieldSealer } from './field-sealer.js';
 import {
-  CODE_PATTERN,
   checkDeviceId,
+  checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
   checkLimits,
   checkNewDevice,
+  checkNewEnrolmentCode,
   checkOneTimePrekeys,
   checkRoles,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
   DEFAULT_FETCH,
-  MAX_CODE_LEN,
+  enrolmentCodeInvalid,
+  fitsQueueLimits,
   MAX_FETCH,
-  MIN_CODE_LEN,
 } from './input.js';
 import { migrate } from './migrations.js';
-import { deviceRowId, enrolmentCodeHash, newId, openDevice, ref, sealDeviceFields } from './sealed-rows.js';
+import {
+  deviceRowId,
+  type EnvelopeRow,
+  enrolmentCodeHash,
+  envelopeBodyRef,
+  newId,
+  openDevice,
+  openEnvelope,
+  ref,
+  sealDeviceFields,
+} from './sealed-rows.js';
 import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
 import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
 import {
@@ -99,17 +110,6 @@ interface DeviceRow {
   created_at: number;
   otpk_count: number;
   auth_key: Uint8Array | null;
-}
-
-interface EnvelopeRow {
-  seq: number;
-  id: string;
-  recipient_user_id: string;
-  recipient_device_id: number;
-  sender_user_id: string;
-  sender_device_id: number;
-  created_at: number;
-  body: Uint8Array;
 }
 
 const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
@@ -363,11 +363,8 @@ export class SqliteStorage implements Storage {
     readonly code: string;
     readonly expiresAt: number;
   }): Promise<void> {
-    const o = aobject('input', input);
-    const userId = checkUserId('input.userId', o.userId);
-    const code = astring('input.code', o.code, MIN_CODE_LEN, MAX_CODE_LEN, CODE_PATTERN);
     const now = this.#clock();
-    const expiresAt = aint('input.expiresAt', o.expiresAt, now + 1, Number.MAX_SAFE_INTEGER);
+    const { userId, code, expiresAt } = checkNewEnrolmentCode(input, now);
     const hash = this.#codeHash(code);
     this.#tx((db) => {
       this.#userRow(db, userId);
@@ -381,12 +378,8 @@ export class SqliteStorage implements Storage {
   }
 
   async enrolDevice(input: { readonly code: string; readonly device: NewDevice }): Promise<Device> {
-    const o = aobject('input', input);
-    const code = astring('input.code', o.code, 0, 4096);
-    const device = checkNewDevice('input.device', o.device, this.#limits);
-    const invalid = () => new ServerError('ENROLMENT_CODE_INVALID', 'the enrolment code is not valid');
-    // A code of the wrong shape is simply not a valid code: same opaque answer as any other.
-    if (code.length < MIN_CODE_LEN || code.length > MAX_CODE_LEN || !CODE_PATTERN.test(code)) throw invalid();
+    const { code, device } = checkEnrolment(input, this.#limits);
+    const invalid = enrolmentCodeInvalid;
     const hash = this.#codeHash(code);
     const now = this.#clock();
     return this.#tx((db) => {
@@ -661,7 +654,7 @@ export class SqliteStorage implements Storage {
     // Seal before taking the write lock: AES-GCM over large bodies need not block other writers.
     const sealed = list.map((e) => {
       const id = newId();
-      return { e, id, body: this.#sealer.seal(ref('envelopes', 'body', id), e.body) };
+      return { e, id, body: this.#sealer.seal(envelopeBodyRef(id), e.body) };
     });
     const perRecipient = new Map<
       string,
@@ -691,11 +684,11 @@ export class SqliteStorage implements Storage {
       for (const r of perRecipient.values()) {
         let s = stats.get(r.userId, r.deviceId) as { queued_count: number; queued_bytes: number } | undefined;
         if (!s) throw new ServerError('DEVICE_NOT_FOUND', `user ${r.userId} has no device ${r.deviceId}`);
-        if (!this.#fits(s, r)) {
+        if (!fitsQueueLimits(this.#limits, s, r)) {
           // Expired envelopes still count until purged; purge this queue before refusing.
           this.#purge(db, now, r.userId, r.deviceId);
           s = stats.get(r.userId, r.deviceId) as { queued_count: number; queued_bytes: number };
-          if (!this.#fits(s, r)) {
+          if (!fitsQueueLimits(this.#limits, s, r)) {
             throw new ServerError(
               'MAILBOX_FULL',
               `the mailbox of user ${r.userId} device ${r.deviceId} is full (${s.queued_count} envelopes, ${s.queued_bytes} bytes)`,
@@ -729,13 +722,6 @@ export class SqliteStorage implements Storage {
       for (const r of perRecipient.values()) bump.run(r.count, r.bytes, r.userId, r.deviceId);
       return receipts;
     });
-  }
-
-  #fits(s: { queued_count: number; queued_bytes: number }, add: { count: number; bytes: number }): boolean {
-    return (
-      s.queued_count + add.count <= this.#limits.maxQueuedPerDevice &&
-      s.queued_bytes + add.bytes <= this.#limits.maxQueuedBytesPerDevice
-    );
   }
 
   /** Deletes expired envelopes (of one device, or all) and keeps the counters in step. Call inside a transaction. */
@@ -794,16 +780,7 @@ export class SqliteStorage implements Storage {
     ).all(userId, deviceId, afterSeq, this.#clock() - this.#limits.maxEnvelopeAgeMs, limit) as EnvelopeRow[];
     // A device's envelopes are deleted with it, so only an empty page needs the device check.
     if (rows.length === 0) this.#deviceExists(db, userId, deviceId);
-    return rows.map((r) => ({
-      id: r.id,
-      seq: r.seq,
-      recipientUserId: r.recipient_user_id,
-      recipientDeviceId: r.recipient_device_id,
-      senderUserId: r.sender_user_id,
-      senderDeviceId: r.sender_device_id,
-      createdAt: r.created_at,
-      body: this.#sealer.open(ref('envelopes', 'body', r.id), r.body),
-    }));
+    return rows.map((r) => openEnvelope(this.#sealer, r));
   }
 
   async ackEnvelopes(userId: string, deviceId: number, ids: readonly string[]): Promise<number> {
