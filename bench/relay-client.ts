@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
+import { Agent, request as httpsRequest } from 'node:https';
 import { join } from 'node:path';
 import { kyber1024GenerateKeyPair, x25519GenerateKeyPair, xeddsaSign } from '@qalqon/crypto';
 import { authChallengeMessage, decodeBase64, encodeBase64, type NewDeviceJson } from '@qalqon/wire';
@@ -69,11 +69,10 @@ export function admin(s: Server, body: unknown): Promise<Record<string, unknown>
   });
 }
 
-const agents = new WeakMap<Server, import('node:https').Agent>();
+const agents = new WeakMap<Server, Agent>();
 
 async function api(s: Server, path: string, body: unknown): Promise<Record<string, unknown>> {
   const payload = JSON.stringify(body);
-  const { Agent } = await import('node:https');
   let agent = agents.get(s);
   if (agent === undefined) {
     agent = new Agent({ keepAlive: true, maxSockets: 16, ...tlsOptions(s) });
