@@ -5,12 +5,19 @@
  */
 import { z } from 'zod';
 import { DeviceId, RoleName, UserName } from './primitives.js';
+import { GrantScope, OrgUnitName, PermissionName } from './rbac.js';
 
 /** A KMS key-encryption-key version id, as the server's KMS names them. */
 export const KekVersionId = z.string().regex(/^[A-Za-z0-9._-]{1,64}$/);
 
 export const AdminRequest = z.discriminatedUnion('op', [
-  z.strictObject({ op: z.literal('user.add'), name: UserName, roles: z.array(RoleName).max(32).optional() }),
+  /** Roles default to [DEFAULT_ROLE]; `unit` puts the user in an org unit. */
+  z.strictObject({
+    op: z.literal('user.add'),
+    name: UserName,
+    roles: z.array(RoleName).max(32).optional(),
+    unit: OrgUnitName.optional(),
+  }),
   z.strictObject({ op: z.literal('user.code'), name: UserName }),
   z.strictObject({ op: z.literal('user.list') }),
   z.strictObject({ op: z.literal('user.remove'), name: UserName }),
@@ -22,6 +29,31 @@ export const AdminRequest = z.discriminatedUnion('op', [
   z.strictObject({ op: z.literal('kms.rotate') }),
   /** Destroys a KEK version that is neither active nor still wrapping a data key. */
   z.strictObject({ op: z.literal('kms.destroy'), keyId: KekVersionId }),
+  // Roles and grants (answers: @qalqon/wire RolesResponse, RoleInfo, GrantsResponse, OkResponse).
+  z.strictObject({ op: z.literal('role.list') }),
+  z.strictObject({
+    op: z.literal('role.create'),
+    name: RoleName,
+    permissions: z.array(PermissionName).min(1).max(16),
+  }),
+  z.strictObject({ op: z.literal('role.delete'), name: RoleName }),
+  z.strictObject({ op: z.literal('role.grant'), user: UserName, role: RoleName, scope: GrantScope }),
+  z.strictObject({ op: z.literal('role.revoke'), user: UserName, role: RoleName, scope: GrantScope }),
+  z.strictObject({ op: z.literal('role.grants'), user: UserName.optional() }),
+  // Org units (answers: OrgUnitsResponse, OrgUnitInfo, OkResponse).
+  z.strictObject({ op: z.literal('org.list') }),
+  z.strictObject({ op: z.literal('org.create'), name: OrgUnitName, parent: OrgUnitName.optional() }),
+  z.strictObject({ op: z.literal('org.remove'), name: OrgUnitName }),
+  z.strictObject({ op: z.literal('org.assign'), name: OrgUnitName, user: UserName }),
+  z.strictObject({ op: z.literal('org.unassign'), name: OrgUnitName, user: UserName }),
+  // Audit log (answers: AuditListResponse, AuditVerifyResponse).
+  z.strictObject({
+    op: z.literal('audit.list'),
+    since: z.int().min(0).optional(),
+    after: z.int().min(0).optional(),
+    limit: z.int().min(1).max(10_000).optional(),
+  }),
+  z.strictObject({ op: z.literal('audit.verify') }),
 ]);
 export type AdminRequestJson = z.input<typeof AdminRequest>;
 

@@ -43,6 +43,30 @@ export type WireErrorCode =
   | 'ENVELOPE_TOO_LARGE'
   /** A recipient's queue is at its count or byte limit. */
   | 'MAILBOX_FULL'
+  /** No such channel (or the caller may not see it). */
+  | 'CHANNEL_NOT_FOUND'
+  /** A channel with that id or name already exists. */
+  | 'CHANNEL_EXISTS'
+  /** A membership change is malformed, unsigned, out of order or not allowed to its signer. */
+  | 'CHANNEL_CHANGE_INVALID'
+  /** Another change took that place in the log first: reload the log and sign again. */
+  | 'CHANNEL_CONFLICT'
+  /** The caller is not a member of the channel. */
+  | 'NOT_A_MEMBER'
+  /** No such role. */
+  | 'ROLE_NOT_FOUND'
+  /** A role of that name already exists. */
+  | 'ROLE_EXISTS'
+  /** Built-in roles cannot be changed or deleted. */
+  | 'ROLE_BUILTIN'
+  /** The role is still granted to someone. */
+  | 'ROLE_IN_USE'
+  /** No such org unit. */
+  | 'ORG_UNIT_NOT_FOUND'
+  /** An org unit of that name already exists. */
+  | 'ORG_UNIT_EXISTS'
+  /** The org unit still has sub-units, users or channels. */
+  | 'ORG_UNIT_NOT_EMPTY'
   /** The server is shutting down: reconnect later. */
   | 'UNAVAILABLE'
   /** Something failed inside the server. The message says nothing more. */
@@ -68,6 +92,18 @@ export const WIRE_ERROR_CODES: readonly WireErrorCode[] = [
   'TOO_MANY_PREKEYS',
   'ENVELOPE_TOO_LARGE',
   'MAILBOX_FULL',
+  'CHANNEL_NOT_FOUND',
+  'CHANNEL_EXISTS',
+  'CHANNEL_CHANGE_INVALID',
+  'CHANNEL_CONFLICT',
+  'NOT_A_MEMBER',
+  'ROLE_NOT_FOUND',
+  'ROLE_EXISTS',
+  'ROLE_BUILTIN',
+  'ROLE_IN_USE',
+  'ORG_UNIT_NOT_FOUND',
+  'ORG_UNIT_EXISTS',
+  'ORG_UNIT_NOT_EMPTY',
   'UNAVAILABLE',
   'INTERNAL',
 ];

@@ -7,8 +7,10 @@
 export { z } from 'zod';
 export * from './admin.js';
 export * from './base64.js';
+export * from './channels.js';
 export * from './errors.js';
 export * from './frames.js';
 export * from './http.js';
 export * from './limits.js';
 export * from './primitives.js';
+export * from './rbac.js';
