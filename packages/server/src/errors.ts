@@ -68,6 +68,26 @@ export type ServerErrorCode =
   | 'ENVELOPE_TOO_LARGE'
   /** A recipient's mailbox is at its message-count or byte limit. */
   | 'MAILBOX_FULL'
+  /** No such channel. */
+  | 'CHANNEL_NOT_FOUND'
+  /** A channel with that id or name exists. */
+  | 'CHANNEL_EXISTS'
+  /** Another change took that place in the channel log. */
+  | 'CHANNEL_CONFLICT'
+  /** No such role. */
+  | 'ROLE_NOT_FOUND'
+  /** A role of that name exists (built-in names included). */
+  | 'ROLE_EXISTS'
+  /** Built-in roles are defined in code and cannot change. */
+  | 'ROLE_BUILTIN'
+  /** The role is still granted. */
+  | 'ROLE_IN_USE'
+  /** No such org unit. */
+  | 'ORG_UNIT_NOT_FOUND'
+  /** An org unit of that name exists. */
+  | 'ORG_UNIT_EXISTS'
+  /** The unit still has sub-units, users, channels or grants. */
+  | 'ORG_UNIT_NOT_EMPTY'
   /** The TLS certificate or key is unreadable, malformed, or the two do not match. */
   | 'TLS_INVALID'
   /** `init` found a data directory that is already initialised (or half-initialised). */
@@ -75,7 +95,9 @@ export type ServerErrorCode =
   /** The data directory's config file is missing, malformed, or names files that are not there. */
   | 'CONFIG_INVALID'
   /** Another server process already serves this data directory (its admin socket answers). */
-  | 'SERVER_RUNNING';
+  | 'SERVER_RUNNING'
+  /** The cross-node event bus was used after close() (a programming error in shutdown order). */
+  | 'PUBSUB_CLOSED';
 
 export class ServerError extends Error {
   readonly code: ServerErrorCode;

@@ -5,18 +5,63 @@
  *
  * A backend provides `makeStorage`, which returns a fresh, empty store plus a way to open
  * a second independent handle on the same store (another connection, as a second server
- * node would have), used for the concurrency and durability tests.
+ * node would have), used for the concurrency and durability tests, and optionally an
+ * `AuditTamper` (direct writes to its audit tables) for the audit tamper-detection tests.
+ *
+ * Orders the suite pins for every backend: names by code unit (roles, units, channels),
+ * grants by user id, role, scope kind ('channel' < 'global' < 'unit'), scope id; channel
+ * members and unit members by user id.
  */
 import { randomBytes } from 'node:crypto';
+import { BUILTIN_ROLES } from '@qalqon/wire';
 import { afterEach, describe, expect, it } from 'vitest';
+import { chainAuditRecord, checkAuditEntry } from '../audit/chain.js';
 import { ServerError, type ServerErrorCode } from '../errors.js';
 import { EC_PUBLIC_KEY_LEN, KYBER_PUBLIC_KEY_LEN } from './input.js';
-import type { NewDevice, NewEnvelope, OneTimePrekey, SignedPrekey, Storage, StorageLimits } from './types.js';
+import type {
+  AuditEntry,
+  AuditRecord,
+  NewDevice,
+  NewEnvelope,
+  OneTimePrekey,
+  SignedPrekey,
+  Storage,
+  StorageLimits,
+} from './types.js';
 
 export interface StorageFactoryOptions {
   /** The store must read time only from this clock. */
   readonly clock: () => number;
   readonly limits?: Partial<StorageLimits>;
+}
+
+/**
+ * Direct writes to a backend's audit tables, bypassing `Storage`: what an attacker with
+ * database access (and, for `putRecord`, the keys) could do. Each operation names rows by
+ * their stored seq column. The tamper tests of the conformance suite run when a fixture
+ * provides it and are skipped (visibly) otherwise.
+ */
+export interface AuditTamper {
+  /** Deletes the row whose seq column is `seq`. */
+  deleteRow(seq: number): Promise<void>;
+  /** Swaps the seq columns of two rows; each row keeps its hash and sealed record. */
+  swapSeqs(a: number, b: number): Promise<void>;
+  /** Flips one byte of row `seq`'s sealed record (so it no longer opens). */
+  corruptRecord(seq: number): Promise<void>;
+  /** Overwrites row `seq`'s hash column. */
+  setHash(seq: number, hex: string): Promise<void>;
+  /**
+   * Stores canonical record `bytes` at row `seq`, sealed exactly as the backend seals a
+   * record and with their correct hash (an attacker holding the keys): replaces the row if
+   * one has that seq, else inserts it. With `shift`, first moves every row at or after `seq`
+   * up by one, so the record is inserted in the middle. The `at` column is taken from the
+   * record.
+   */
+  putRecord(seq: number, bytes: Uint8Array, options?: { readonly shift?: boolean }): Promise<void>;
+  /** Deletes the signed head. */
+  deleteHead(): Promise<void>;
+  /** Flips one byte of the head's signature. */
+  corruptHeadSignature(): Promise<void>;
 }
 
 export interface StorageFixture {
@@ -25,6 +70,8 @@ export interface StorageFixture {
   openPeer(): Promise<Storage>;
   /** Deletes the store; called after every handle has been closed. */
   destroy(): Promise<void>;
+  /** Direct access to the audit tables for the tamper tests; optional. */
+  readonly auditTamper?: AuditTamper;
 }
 
 export type MakeStorage = (options: StorageFactoryOptions) => Promise<StorageFixture>;
@@ -661,6 +708,833 @@ export function runStorageConformance(backend: string, makeStorage: MakeStorage)
         ];
         for (const c of calls) await rejectsWith(c, 'INVALID_ARGUMENT');
         expect(await s.mailboxStats(a.user.id, 1)).toEqual({ count: 0, bytes: 0 });
+      });
+    });
+
+    // --- RBAC, org units, channels, audit ---------------------------------------------
+
+    /** A client-chosen channel id. */
+    const channelId = () => randomBytes(16).toString('hex');
+    /** An opaque signed change: storage keeps the bytes as given and does not parse them. */
+    const change = (label: string) => ({
+      change: new TextEncoder().encode(`{"change":"${label}","nonce":"${randomBytes(8).toString('hex')}"}`),
+      signature: new Uint8Array(randomBytes(64)),
+    });
+    const entryAt = (seq: number, label = `c${seq}`) => ({ seq, ...change(label) });
+
+    async function newChannel(s: Storage, createdBy: string, name = 'ops', unitId?: string) {
+      const id = channelId();
+      const genesis = change('genesis');
+      const ch = await s.createChannel({ id, name, createdBy, genesis, ...(unitId ? { unitId } : {}) });
+      return { id, genesis, ch };
+    }
+
+    describe('roles', () => {
+      it('lists the built-in roles with sorted permissions, and custom roles by name', async () => {
+        const { s } = await fresh();
+        const builtins = await s.listRoles();
+        expect(builtins.map((r) => r.name)).toEqual(['admin', 'auditor', 'guest', 'member']);
+        for (const r of builtins) {
+          expect(r.builtin).toBe(true);
+          expect(r.createdAt).toBe(0);
+          expect(r.permissions).toEqual(
+            [...new Set(BUILTIN_ROLES[r.name as keyof typeof BUILTIN_ROLES])].sort(),
+          );
+        }
+        expect(await s.getRole('admin')).toEqual(builtins[0]);
+        now += 5;
+        const reviewer = await s.createRole({
+          name: 'reviewer',
+          permissions: ['message.send', 'audit.read', 'message.send'],
+        });
+        expect(reviewer).toEqual({
+          name: 'reviewer',
+          builtin: false,
+          permissions: ['audit.read', 'message.send'],
+          createdAt: T0 + 5,
+        });
+        const bot = await s.createRole({ name: 'bot', permissions: ['message.send'] });
+        expect(await s.getRole('reviewer')).toEqual(reviewer);
+        expect(await s.getRole('nobody')).toBeUndefined();
+        const all = await s.listRoles();
+        expect(all.map((r) => r.name)).toEqual(['admin', 'auditor', 'bot', 'guest', 'member', 'reviewer']);
+        expect(all[2]).toEqual(bot);
+      });
+
+      it('refuses taken or built-in names, unknown permissions and bad input, creating nothing', async () => {
+        const { s } = await fresh();
+        await s.createRole({ name: 'reviewer', permissions: ['audit.read'] });
+        await rejectsWith(s.createRole({ name: 'reviewer', permissions: ['message.send'] }), 'ROLE_EXISTS');
+        await rejectsWith(s.createRole({ name: 'admin', permissions: ['audit.read'] }), 'ROLE_EXISTS');
+        await rejectsWith(s.createRole({ name: 'guest', permissions: ['audit.read'] }), 'ROLE_EXISTS');
+        const bad: unknown[] = [
+          { name: 'x', permissions: ['fly.plane'] },
+          { name: 'x', permissions: [] },
+          { name: 'x', permissions: 'audit.read' },
+          { name: 'x', permissions: [7] },
+          { name: 'X', permissions: ['audit.read'] },
+          { name: '', permissions: ['audit.read'] },
+          { name: 'a'.repeat(65), permissions: ['audit.read'] },
+          null,
+        ];
+        for (const input of bad) await rejectsWith(s.createRole(input as never), 'INVALID_ARGUMENT');
+        await rejectsWith(s.getRole('Bad Name'), 'INVALID_ARGUMENT');
+        expect((await s.listRoles()).map((r) => r.name)).toEqual([
+          'admin',
+          'auditor',
+          'guest',
+          'member',
+          'reviewer',
+        ]);
+        expect((await s.getRole('reviewer'))?.permissions).toEqual(['audit.read']);
+      });
+
+      it('deletes an unused custom role; refuses unknown, built-in and granted ones', async () => {
+        const { s } = await fresh();
+        const u = await s.createUser({ name: 'alice' });
+        const unit = await s.createOrgUnit({ name: 'sales' });
+        await s.createRole({ name: 'reviewer', permissions: ['audit.read'] });
+        await rejectsWith(s.deleteRole('nobody'), 'ROLE_NOT_FOUND');
+        await rejectsWith(s.deleteRole('member'), 'ROLE_BUILTIN');
+        await rejectsWith(s.deleteRole('admin'), 'ROLE_BUILTIN');
+        await rejectsWith(s.deleteRole('Bad'), 'INVALID_ARGUMENT');
+        await s.grantRole(u.id, 'reviewer');
+        await rejectsWith(s.deleteRole('reviewer'), 'ROLE_IN_USE');
+        await s.revokeRole(u.id, 'reviewer');
+        await s.addGrant({ userId: u.id, role: 'reviewer', scope: { kind: 'unit', unitId: unit.id } });
+        await rejectsWith(s.deleteRole('reviewer'), 'ROLE_IN_USE');
+        await s.removeGrant({ userId: u.id, role: 'reviewer', scope: { kind: 'unit', unitId: unit.id } });
+        const { id } = await newChannel(s, u.id);
+        await s.addGrant({ userId: u.id, role: 'reviewer', scope: { kind: 'channel', channelId: id } });
+        await rejectsWith(s.deleteRole('reviewer'), 'ROLE_IN_USE');
+        expect(await s.getRole('reviewer')).toBeDefined();
+        await s.removeGrant({ userId: u.id, role: 'reviewer', scope: { kind: 'channel', channelId: id } });
+        await s.deleteRole('reviewer');
+        expect(await s.getRole('reviewer')).toBeUndefined();
+        await rejectsWith(s.deleteRole('reviewer'), 'ROLE_NOT_FOUND');
+        await rejectsWith(s.grantRole(u.id, 'reviewer'), 'ROLE_NOT_FOUND');
+      });
+
+      it('createUser and grantRole refuse a role that does not exist, changing nothing', async () => {
+        const { s } = await fresh();
+        await rejectsWith(s.createUser({ name: 'alice', roles: ['member', 'wizard'] }), 'ROLE_NOT_FOUND');
+        expect(await s.listUsers()).toEqual([]);
+        await s.createRole({ name: 'wizard', permissions: ['kms.manage'] });
+        const u = await s.createUser({ name: 'alice', roles: ['member', 'wizard'] });
+        expect(u.roles).toEqual(['member', 'wizard']);
+        await rejectsWith(s.grantRole(u.id, 'sorcerer'), 'ROLE_NOT_FOUND');
+        expect((await s.getUser(u.id))?.roles).toEqual(['member', 'wizard']);
+      });
+    });
+
+    describe('grants', () => {
+      it('adds global, unit and channel grants idempotently and lists them in order', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob', roles: ['member'] });
+        const unit = await s.createOrgUnit({ name: 'sales' });
+        const { id: ch } = await newChannel(s, a.id);
+        const global = { userId: a.id, role: 'auditor', scope: { kind: 'global' } } as const;
+        const inUnit = { userId: a.id, role: 'admin', scope: { kind: 'unit', unitId: unit.id } } as const;
+        const inChannel = { userId: a.id, role: 'admin', scope: { kind: 'channel', channelId: ch } } as const;
+        for (let i = 0; i < 2; i++) {
+          await s.addGrant(global);
+          await s.addGrant(inUnit);
+          await s.addGrant(inChannel);
+        }
+        // A global grant is a role of the user.
+        expect((await s.getUser(a.id))?.roles).toEqual(['auditor']);
+        const forA = [inChannel, inUnit, global];
+        expect(await s.listGrants({ userId: a.id })).toEqual(forA);
+        const forB = [{ userId: b.id, role: 'member', scope: { kind: 'global' } }];
+        expect(await s.listGrants({ userId: b.id })).toEqual(forB);
+        const byUser = [a.id, b.id].sort();
+        expect(await s.listGrants()).toEqual(byUser[0] === a.id ? [...forA, ...forB] : [...forB, ...forA]);
+        expect(await s.listGrants({ userId: 'e'.repeat(32) })).toEqual([]);
+        // grantRole is a global grant too.
+        await s.grantRole(b.id, 'guest');
+        expect(await s.listGrants({ userId: b.id })).toEqual([
+          { userId: b.id, role: 'guest', scope: { kind: 'global' } },
+          ...forB,
+        ]);
+        for (let i = 0; i < 2; i++) {
+          await s.removeGrant(inUnit);
+          await s.removeGrant(global);
+        }
+        expect(await s.listGrants({ userId: a.id })).toEqual([inChannel]);
+        expect((await s.getUser(a.id))?.roles).toEqual([]);
+      });
+
+      it('refuses unknown users, roles, units and channels, and bad input, granting nothing', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const unit = await s.createOrgUnit({ name: 'sales' });
+        const ghost = 'd'.repeat(32);
+        await rejectsWith(
+          s.addGrant({ userId: ghost, role: 'admin', scope: { kind: 'global' } }),
+          'USER_NOT_FOUND',
+        );
+        await rejectsWith(
+          s.addGrant({ userId: ghost, role: 'admin', scope: { kind: 'unit', unitId: unit.id } }),
+          'USER_NOT_FOUND',
+        );
+        await rejectsWith(
+          s.addGrant({ userId: a.id, role: 'wizard', scope: { kind: 'global' } }),
+          'ROLE_NOT_FOUND',
+        );
+        await rejectsWith(
+          s.addGrant({ userId: a.id, role: 'wizard', scope: { kind: 'unit', unitId: unit.id } }),
+          'ROLE_NOT_FOUND',
+        );
+        await rejectsWith(
+          s.addGrant({ userId: a.id, role: 'admin', scope: { kind: 'unit', unitId: ghost } }),
+          'ORG_UNIT_NOT_FOUND',
+        );
+        await rejectsWith(
+          s.addGrant({ userId: a.id, role: 'admin', scope: { kind: 'channel', channelId: ghost } }),
+          'CHANNEL_NOT_FOUND',
+        );
+        const bad: unknown[] = [
+          null,
+          { userId: 'x', role: 'admin', scope: { kind: 'global' } },
+          { userId: a.id, role: 'Admin', scope: { kind: 'global' } },
+          { userId: a.id, role: 'admin', scope: { kind: 'planet' } },
+          { userId: a.id, role: 'admin', scope: { kind: 'unit', unitId: 'sales' } },
+          { userId: a.id, role: 'admin', scope: { kind: 'channel', channelId: 'ABC' } },
+          { userId: a.id, role: 'admin', scope: { kind: 'channel' } },
+          { userId: a.id, role: 'admin' },
+        ];
+        for (const g of bad) {
+          await rejectsWith(s.addGrant(g as never), 'INVALID_ARGUMENT');
+          await rejectsWith(s.removeGrant(g as never), 'INVALID_ARGUMENT');
+        }
+        await rejectsWith(s.listGrants({ userId: 'nope' }), 'INVALID_ARGUMENT');
+        expect(await s.listGrants()).toEqual([]);
+        // Removing what does not exist is not an error.
+        await s.removeGrant({ userId: ghost, role: 'wizard', scope: { kind: 'unit', unitId: ghost } });
+        await s.removeGrant({ userId: ghost, role: 'wizard', scope: { kind: 'channel', channelId: ghost } });
+        await s.removeGrant({ userId: ghost, role: 'wizard', scope: { kind: 'global' } });
+        await s.removeGrant({ userId: a.id, role: 'admin', scope: { kind: 'global' } });
+      });
+    });
+
+    describe('org units', () => {
+      it('creates a tree of units and finds and lists them', async () => {
+        const { s } = await fresh();
+        const sales = await s.createOrgUnit({ name: 'sales' });
+        now += 1;
+        const east = await s.createOrgUnit({ name: 'east', parentId: sales.id });
+        expect(sales.id).toMatch(/^[0-9a-f]{32}$/);
+        expect(sales).toEqual({ id: sales.id, name: 'sales', parentId: undefined, createdAt: T0 });
+        expect(east).toEqual({ id: east.id, name: 'east', parentId: sales.id, createdAt: T0 + 1 });
+        expect(await s.getOrgUnit(east.id)).toEqual(east);
+        expect(await s.findOrgUnitByName('sales')).toEqual(sales);
+        expect(await s.findOrgUnitByName('west')).toBeUndefined();
+        expect(await s.getOrgUnit('0'.repeat(32))).toBeUndefined();
+        expect(await s.listOrgUnits()).toEqual([east, sales]);
+      });
+
+      it('refuses a taken name, an unknown parent and bad input, creating nothing', async () => {
+        const { s } = await fresh();
+        const sales = await s.createOrgUnit({ name: 'sales' });
+        await rejectsWith(s.createOrgUnit({ name: 'sales' }), 'ORG_UNIT_EXISTS');
+        await rejectsWith(s.createOrgUnit({ name: 'sales', parentId: sales.id }), 'ORG_UNIT_EXISTS');
+        await rejectsWith(s.createOrgUnit({ name: 'east', parentId: 'a'.repeat(32) }), 'ORG_UNIT_NOT_FOUND');
+        const bad: unknown[] = [
+          null,
+          { name: 'East' },
+          { name: '' },
+          { name: 'east', parentId: 'sales' },
+          {},
+        ];
+        for (const input of bad) await rejectsWith(s.createOrgUnit(input as never), 'INVALID_ARGUMENT');
+        await rejectsWith(s.getOrgUnit('x'), 'INVALID_ARGUMENT');
+        await rejectsWith(s.findOrgUnitByName('A B'), 'INVALID_ARGUMENT');
+        expect(await s.listOrgUnits()).toEqual([sales]);
+      });
+
+      it('assigns users to units idempotently and lists both ways', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const sales = await s.createOrgUnit({ name: 'sales' });
+        const east = await s.createOrgUnit({ name: 'east', parentId: sales.id });
+        for (let i = 0; i < 2; i++) {
+          await s.addUserToOrgUnit(a.id, sales.id);
+          await s.addUserToOrgUnit(a.id, east.id);
+          await s.addUserToOrgUnit(b.id, sales.id);
+        }
+        expect(await s.listUserOrgUnits(a.id)).toEqual([sales.id, east.id].sort());
+        expect(await s.listUserOrgUnits(b.id)).toEqual([sales.id]);
+        expect(await s.listOrgUnitUsers(sales.id)).toEqual([a.id, b.id].sort());
+        expect(await s.listOrgUnitUsers(east.id)).toEqual([a.id]);
+        await rejectsWith(s.addUserToOrgUnit('f'.repeat(32), sales.id), 'USER_NOT_FOUND');
+        await rejectsWith(s.addUserToOrgUnit(a.id, 'f'.repeat(32)), 'ORG_UNIT_NOT_FOUND');
+        await rejectsWith(s.addUserToOrgUnit(a.id, 'sales'), 'INVALID_ARGUMENT');
+        await rejectsWith(s.removeUserFromOrgUnit('alice', sales.id), 'INVALID_ARGUMENT');
+        await rejectsWith(s.listUserOrgUnits('alice'), 'INVALID_ARGUMENT');
+        await rejectsWith(s.listOrgUnitUsers('sales'), 'INVALID_ARGUMENT');
+        for (let i = 0; i < 2; i++) await s.removeUserFromOrgUnit(a.id, sales.id);
+        await s.removeUserFromOrgUnit('f'.repeat(32), 'f'.repeat(32));
+        expect(await s.listUserOrgUnits(a.id)).toEqual([east.id]);
+        expect(await s.listOrgUnitUsers(sales.id)).toEqual([b.id]);
+        expect(await s.listOrgUnitUsers('f'.repeat(32))).toEqual([]);
+        expect(await s.listUserOrgUnits('f'.repeat(32))).toEqual([]);
+      });
+
+      it('removes only an empty unit: not while it has sub-units, users, channels or grants', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const sales = await s.createOrgUnit({ name: 'sales' });
+        await rejectsWith(s.removeOrgUnit('a'.repeat(32)), 'ORG_UNIT_NOT_FOUND');
+        await rejectsWith(s.removeOrgUnit('sales'), 'INVALID_ARGUMENT');
+        const east = await s.createOrgUnit({ name: 'east', parentId: sales.id });
+        await rejectsWith(s.removeOrgUnit(sales.id), 'ORG_UNIT_NOT_EMPTY');
+        await s.removeOrgUnit(east.id);
+        await s.addUserToOrgUnit(a.id, sales.id);
+        await rejectsWith(s.removeOrgUnit(sales.id), 'ORG_UNIT_NOT_EMPTY');
+        await s.removeUserFromOrgUnit(a.id, sales.id);
+        const { id: ch } = await newChannel(s, a.id, 'ops', sales.id);
+        expect((await s.getChannel(ch))?.unitId).toBe(sales.id);
+        await rejectsWith(s.removeOrgUnit(sales.id), 'ORG_UNIT_NOT_EMPTY');
+        await s.removeChannel(ch);
+        const grant = { userId: a.id, role: 'admin', scope: { kind: 'unit', unitId: sales.id } } as const;
+        await s.addGrant(grant);
+        await rejectsWith(s.removeOrgUnit(sales.id), 'ORG_UNIT_NOT_EMPTY');
+        expect(await s.getOrgUnit(sales.id)).toBeDefined();
+        expect(await s.listGrants()).toEqual([grant]);
+        await s.removeGrant(grant);
+        await s.removeOrgUnit(sales.id);
+        expect(await s.listOrgUnits()).toEqual([]);
+        await rejectsWith(s.removeOrgUnit(sales.id), 'ORG_UNIT_NOT_FOUND');
+        // The name is free again.
+        expect((await s.createOrgUnit({ name: 'sales' })).id).not.toBe(sales.id);
+      });
+    });
+
+    describe('channels', () => {
+      it('creates a channel with its genesis entry and its creator as the only manager', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const { id, genesis, ch } = await newChannel(s, a.id, 'ops');
+        expect(ch).toEqual({
+          id,
+          name: 'ops',
+          unitId: undefined,
+          createdBy: a.id,
+          seq: 0,
+          memberCount: 1,
+          createdAt: T0,
+        });
+        expect(await s.getChannel(id)).toEqual(ch);
+        expect(await s.findChannelByName('ops')).toEqual(ch);
+        expect(await s.findChannelByName('dev')).toBeUndefined();
+        expect(await s.getChannel('0'.repeat(32))).toBeUndefined();
+        expect(await s.channelMembers(id)).toEqual([{ userId: a.id, role: 'manager', addedSeq: 0 }]);
+        expect(await s.channelMembership(id, a.id)).toEqual({ userId: a.id, role: 'manager', addedSeq: 0 });
+        expect(await s.channelMembership(id, 'b'.repeat(32))).toBeUndefined();
+        const log = await s.channelLog(id);
+        expect(log).toEqual([{ seq: 0, change: genesis.change, signature: genesis.signature }]);
+        expect(log[0]?.change).toBeInstanceOf(Uint8Array);
+        expect(await s.listChannels()).toEqual([ch]);
+      });
+
+      it('refuses a taken id or name, unknown creator or unit, and bad input, creating nothing', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const { id, ch } = await newChannel(s, a.id, 'ops');
+        const g = change('g');
+        await rejectsWith(
+          s.createChannel({ id, name: 'dev', createdBy: a.id, genesis: g }),
+          'CHANNEL_EXISTS',
+        );
+        await rejectsWith(
+          s.createChannel({ id: channelId(), name: 'ops', createdBy: a.id, genesis: g }),
+          'CHANNEL_EXISTS',
+        );
+        await rejectsWith(
+          s.createChannel({ id: channelId(), name: 'dev', createdBy: 'b'.repeat(32), genesis: g }),
+          'USER_NOT_FOUND',
+        );
+        await rejectsWith(
+          s.createChannel({
+            id: channelId(),
+            name: 'dev',
+            createdBy: a.id,
+            unitId: 'b'.repeat(32),
+            genesis: g,
+          }),
+          'ORG_UNIT_NOT_FOUND',
+        );
+        const ok = { id: channelId(), name: 'dev', createdBy: a.id, genesis: g };
+        const bad: unknown[] = [
+          null,
+          { ...ok, id: 'A'.repeat(32) },
+          { ...ok, id: 'abc' },
+          { ...ok, name: 'Dev' },
+          { ...ok, name: '' },
+          { ...ok, createdBy: 'alice' },
+          { ...ok, unitId: 'sales' },
+          { ...ok, genesis: undefined },
+          { ...ok, genesis: { change: 'text', signature: g.signature } },
+          { ...ok, genesis: { change: new Uint8Array(0), signature: g.signature } },
+          { ...ok, genesis: { change: new Uint8Array(4096), signature: g.signature } },
+          { ...ok, genesis: { change: g.change, signature: new Uint8Array(63) } },
+        ];
+        for (const input of bad) await rejectsWith(s.createChannel(input as never), 'INVALID_ARGUMENT');
+        await rejectsWith(s.getChannel('x'), 'INVALID_ARGUMENT');
+        await rejectsWith(s.findChannelByName('Ops'), 'INVALID_ARGUMENT');
+        expect(await s.listChannels()).toEqual([ch]);
+        expect(await s.listChannels({ memberUserId: a.id })).toEqual([ch]);
+      });
+
+      it('appends changes in order and applies their effects to the member table', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const c = await s.createUser({ name: 'carol' });
+        const { id, genesis } = await newChannel(s, a.id);
+        now += 10;
+        const e1 = entryAt(1);
+        const after1 = await s.appendChannelChange(id, e1, { kind: 'add', userId: b.id, role: 'member' });
+        expect(after1).toMatchObject({ id, seq: 1, memberCount: 2, createdAt: T0 });
+        const e2 = entryAt(2);
+        await s.appendChannelChange(id, e2, { kind: 'add', userId: c.id, role: 'manager' });
+        expect(await s.channelMembers(id)).toEqual(
+          [
+            { userId: a.id, role: 'manager', addedSeq: 0 },
+            { userId: b.id, role: 'member', addedSeq: 1 },
+            { userId: c.id, role: 'manager', addedSeq: 2 },
+          ].sort((x, y) => (x.userId < y.userId ? -1 : 1)),
+        );
+        // An add for a member already there sets their role (the service decides whether it may).
+        const e3 = entryAt(3);
+        await s.appendChannelChange(id, e3, { kind: 'add', userId: b.id, role: 'manager' });
+        expect(await s.channelMembership(id, b.id)).toEqual({ userId: b.id, role: 'manager', addedSeq: 3 });
+        const e4 = entryAt(4);
+        const after4 = await s.appendChannelChange(id, e4, { kind: 'remove', userId: c.id });
+        expect(after4).toMatchObject({ seq: 4, memberCount: 2 });
+        expect(await s.getChannel(id)).toEqual(after4);
+        expect(await s.channelMembership(id, c.id)).toBeUndefined();
+        // Removing someone who is not a member only appends the entry.
+        const e5 = entryAt(5);
+        expect(await s.appendChannelChange(id, e5, { kind: 'remove', userId: c.id })).toMatchObject({
+          seq: 5,
+          memberCount: 2,
+        });
+        expect(await s.channelLog(id)).toEqual([{ seq: 0, ...genesis }, e1, e2, e3, e4, e5]);
+      });
+
+      it('a removal also drops the member\u2019s grants on that channel, and only those', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const { id } = await newChannel(s, a.id, 'ops');
+        const { id: other } = await newChannel(s, a.id, 'dev');
+        await s.appendChannelChange(id, entryAt(1), { kind: 'add', userId: b.id, role: 'manager' });
+        await s.appendChannelChange(other, entryAt(1), { kind: 'add', userId: b.id, role: 'member' });
+        const here = { userId: b.id, role: 'admin', scope: { kind: 'channel', channelId: id } } as const;
+        const there = { userId: b.id, role: 'admin', scope: { kind: 'channel', channelId: other } } as const;
+        const mine = { userId: a.id, role: 'admin', scope: { kind: 'channel', channelId: id } } as const;
+        await s.addGrant(here);
+        await s.addGrant(there);
+        await s.addGrant(mine);
+        await s.appendChannelChange(id, entryAt(2), { kind: 'remove', userId: b.id });
+        expect(await s.listGrants({ userId: b.id })).toEqual([there]);
+        expect(await s.listGrants({ userId: a.id })).toEqual([mine]);
+        expect(await s.channelMembership(other, b.id)).toMatchObject({ role: 'member' });
+      });
+
+      it('refuses an out-of-place seq, an unknown channel or user, and bad input, changing nothing', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const { id } = await newChannel(s, a.id);
+        await s.appendChannelChange(id, entryAt(1), { kind: 'add', userId: b.id, role: 'member' });
+        const before = {
+          ch: await s.getChannel(id),
+          log: await s.channelLog(id),
+          members: await s.channelMembers(id),
+        };
+        const add = { kind: 'add', userId: b.id, role: 'manager' } as const;
+        for (const seq of [0, 1, 3, 100]) {
+          await rejectsWith(s.appendChannelChange(id, entryAt(seq), add), 'CHANNEL_CONFLICT');
+        }
+        await rejectsWith(s.appendChannelChange('c'.repeat(32), entryAt(1), add), 'CHANNEL_NOT_FOUND');
+        await rejectsWith(
+          s.appendChannelChange(id, entryAt(2), { kind: 'add', userId: 'c'.repeat(32), role: 'member' }),
+          'USER_NOT_FOUND',
+        );
+        const e = entryAt(2);
+        const bad: [unknown, unknown, unknown][] = [
+          ['nope', e, add],
+          [id, null, add],
+          [id, { ...e, seq: -1 }, add],
+          [id, { ...e, seq: 1.5 }, add],
+          [id, { ...e, change: new Uint8Array(0) }, add],
+          [id, { ...e, change: 'x' }, add],
+          [id, { ...e, signature: new Uint8Array(65) }, add],
+          [id, e, null],
+          [id, e, { kind: 'ban', userId: b.id }],
+          [id, e, { kind: 'add', userId: b.id, role: 'owner' }],
+          [id, e, { kind: 'add', userId: b.id }],
+          [id, e, { kind: 'remove', userId: 'bob' }],
+        ];
+        for (const [cid, entry, effect] of bad) {
+          await rejectsWith(
+            s.appendChannelChange(cid as never, entry as never, effect as never),
+            'INVALID_ARGUMENT',
+          );
+        }
+        expect(await s.getChannel(id)).toEqual(before.ch);
+        expect(await s.channelLog(id)).toEqual(before.log);
+        expect(await s.channelMembers(id)).toEqual(before.members);
+      });
+
+      it('two handles appending the same seq: exactly one wins, the other gets CHANNEL_CONFLICT', async () => {
+        const { s, fx } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const c = await s.createUser({ name: 'carol' });
+        const other = await peer(fx);
+        const { id } = await newChannel(s, a.id);
+        for (let seq = 1; seq <= 6; seq++) {
+          const e1 = entryAt(seq, `one-${seq}`);
+          const e2 = entryAt(seq, `two-${seq}`);
+          const settled = await Promise.allSettled([
+            s.appendChannelChange(id, e1, { kind: 'add', userId: b.id, role: 'member' }),
+            other.appendChannelChange(id, e2, { kind: 'add', userId: c.id, role: 'member' }),
+          ]);
+          const won = settled.filter((r) => r.status === 'fulfilled');
+          const lost = settled.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+          expect(won).toHaveLength(1);
+          expect(lost).toHaveLength(1);
+          expect((lost[0]!.reason as ServerError).code).toBe('CHANNEL_CONFLICT');
+          const winner = settled[0]?.status === 'fulfilled' ? e1 : e2;
+          const [stored] = await other.channelLog(id, { afterSeq: seq - 1 });
+          expect(stored).toEqual(winner);
+        }
+        expect((await s.channelLog(id)).map((e) => e.seq)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+        expect((await other.getChannel(id))?.seq).toBe(6);
+      });
+
+      it('pages the log with afterSeq and limit, returning the exact bytes', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const { id, genesis } = await newChannel(s, a.id);
+        const entries = [{ seq: 0, ...genesis }];
+        for (let seq = 1; seq <= 7; seq++) {
+          const e = {
+            seq,
+            change: new Uint8Array(randomBytes(100 + seq)),
+            signature: new Uint8Array(randomBytes(64)),
+          };
+          await s.appendChannelChange(id, e, { kind: 'remove', userId: 'b'.repeat(32) });
+          entries.push(e);
+        }
+        expect(await s.channelLog(id)).toEqual(entries);
+        expect(await s.channelLog(id, { limit: 3 })).toEqual(entries.slice(0, 3));
+        expect(await s.channelLog(id, { afterSeq: 0 })).toEqual(entries.slice(1));
+        expect(await s.channelLog(id, { afterSeq: 2, limit: 2 })).toEqual(entries.slice(3, 5));
+        expect(await s.channelLog(id, { afterSeq: 7 })).toEqual([]);
+        await rejectsWith(s.channelLog('c'.repeat(32)), 'CHANNEL_NOT_FOUND');
+        for (const o of [{ limit: 0 }, { limit: 501 }, { afterSeq: -1 }, { afterSeq: 0.5 }, 'x']) {
+          await rejectsWith(s.channelLog(id, o as never), 'INVALID_ARGUMENT');
+        }
+        await rejectsWith(s.channelLog('x'), 'INVALID_ARGUMENT');
+      });
+
+      it("lists all channels by name, or one user's", async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const c = await s.createUser({ name: 'carol' });
+        const ops = await newChannel(s, a.id, 'ops');
+        const dev = await newChannel(s, b.id, 'dev');
+        const zed = await newChannel(s, b.id, 'zed');
+        const dev1 = await s.appendChannelChange(dev.id, entryAt(1), {
+          kind: 'add',
+          userId: a.id,
+          role: 'member',
+        });
+        expect(await s.listChannels()).toEqual([dev1, ops.ch, zed.ch]);
+        expect(await s.listChannels({})).toEqual([dev1, ops.ch, zed.ch]);
+        expect(await s.listChannels({ memberUserId: a.id })).toEqual([dev1, ops.ch]);
+        expect(await s.listChannels({ memberUserId: b.id })).toEqual([dev1, zed.ch]);
+        expect(await s.listChannels({ memberUserId: c.id })).toEqual([]);
+        await rejectsWith(s.listChannels({ memberUserId: 'carol' }), 'INVALID_ARGUMENT');
+        await rejectsWith(s.channelMembers('c'.repeat(32)), 'CHANNEL_NOT_FOUND');
+        await rejectsWith(s.channelMembers('x'), 'INVALID_ARGUMENT');
+        await rejectsWith(s.channelMembership(ops.id, 'x'), 'INVALID_ARGUMENT');
+      });
+
+      it('removes a channel with its log, members and channel grants', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const { id } = await newChannel(s, a.id, 'ops');
+        const keep = await newChannel(s, a.id, 'dev');
+        await s.appendChannelChange(id, entryAt(1), { kind: 'add', userId: b.id, role: 'member' });
+        await s.addGrant({ userId: b.id, role: 'admin', scope: { kind: 'channel', channelId: id } });
+        const kept = { userId: b.id, role: 'admin', scope: { kind: 'channel', channelId: keep.id } } as const;
+        await s.addGrant(kept);
+        await rejectsWith(s.removeChannel('c'.repeat(32)), 'CHANNEL_NOT_FOUND');
+        await rejectsWith(s.removeChannel('x'), 'INVALID_ARGUMENT');
+        await s.removeChannel(id);
+        expect(await s.getChannel(id)).toBeUndefined();
+        expect(await s.findChannelByName('ops')).toBeUndefined();
+        await rejectsWith(s.channelMembers(id), 'CHANNEL_NOT_FOUND');
+        await rejectsWith(s.channelLog(id), 'CHANNEL_NOT_FOUND');
+        expect(await s.channelMembership(id, b.id)).toBeUndefined();
+        expect(await s.listGrants()).toEqual([kept]);
+        expect(await s.listChannels({ memberUserId: b.id })).toEqual([]);
+        expect(await s.listChannels()).toEqual([keep.ch]);
+        await rejectsWith(s.removeChannel(id), 'CHANNEL_NOT_FOUND');
+        // The id and name can be used again, with a fresh log.
+        const g = change('again');
+        const again = await s.createChannel({ id, name: 'ops', createdBy: b.id, genesis: g });
+        expect(again).toMatchObject({ seq: 0, memberCount: 1, createdBy: b.id });
+        expect(await s.channelLog(id)).toEqual([{ seq: 0, ...g }]);
+      });
+
+      it('removing a user drops their memberships, grants and units, and keeps the signed log', async () => {
+        const { s } = await fresh();
+        const a = await s.createUser({ name: 'alice' });
+        const b = await s.createUser({ name: 'bob' });
+        const unit = await s.createOrgUnit({ name: 'sales' });
+        const { id } = await newChannel(s, a.id, 'ops', unit.id);
+        await s.appendChannelChange(id, entryAt(1), { kind: 'add', userId: b.id, role: 'manager' });
+        await s.addUserToOrgUnit(a.id, unit.id);
+        await s.addUserToOrgUnit(b.id, unit.id);
+        await s.addGrant({ userId: a.id, role: 'admin', scope: { kind: 'unit', unitId: unit.id } });
+        await s.addGrant({ userId: a.id, role: 'admin', scope: { kind: 'channel', channelId: id } });
+        await s.addGrant({ userId: b.id, role: 'auditor', scope: { kind: 'unit', unitId: unit.id } });
+        const log = await s.channelLog(id);
+        await s.removeUser(a.id);
+        expect(await s.channelMembers(id)).toEqual([{ userId: b.id, role: 'manager', addedSeq: 1 }]);
+        expect(await s.getChannel(id)).toMatchObject({ seq: 1, memberCount: 1, createdBy: a.id });
+        expect(await s.channelLog(id)).toEqual(log);
+        expect(await s.listGrants()).toEqual([
+          { userId: b.id, role: 'auditor', scope: { kind: 'unit', unitId: unit.id } },
+        ]);
+        expect(await s.listOrgUnitUsers(unit.id)).toEqual([b.id]);
+        expect(await s.listUserOrgUnits(a.id)).toEqual([]);
+        expect(await s.listChannels({ memberUserId: a.id })).toEqual([]);
+      });
+    });
+
+    describe('audit log', () => {
+      const entry = (i: number, overrides: Partial<AuditEntry> = {}): AuditEntry => ({
+        at: T0 + i * 1000,
+        actor: { kind: 'device', userId: 'a'.repeat(32), userName: 'alice', deviceId: 1 },
+        action: 'grant.add',
+        target: `user:u${i}`,
+        outcome: 'ok',
+        detail: { role: 'auditor', n: i, scoped: false },
+        ...overrides,
+      });
+
+      async function appendN(s: Storage, n: number): Promise<AuditRecord[]> {
+        const out: AuditRecord[] = [];
+        for (let i = 1; i <= n; i++) out.push(await s.appendAudit(entry(i)));
+        return out;
+      }
+
+      it('verifies an empty log', async () => {
+        const { s } = await fresh();
+        expect(await s.listAudit()).toEqual([]);
+        expect(await s.verifyAudit()).toEqual({
+          ok: true,
+          records: 0,
+          head: { seq: 0, hash: '0'.repeat(64) },
+        });
+      });
+
+      it('appends records to a hash chain and lists them', async () => {
+        const { s } = await fresh();
+        const first = await s.appendAudit(entry(1));
+        expect(first).toEqual({ ...entry(1), seq: 1, prevHash: '0'.repeat(64), hash: first.hash });
+        expect(first.hash).toMatch(/^[0-9a-f]{64}$/);
+        const second = await s.appendAudit(
+          entry(2, {
+            actor: { kind: 'operator' },
+            outcome: 'denied',
+            detail: undefined,
+            action: 'access.denied',
+          }),
+        );
+        expect(second).toMatchObject({
+          seq: 2,
+          prevHash: first.hash,
+          outcome: 'denied',
+          action: 'access.denied',
+        });
+        expect(second.detail).toBeUndefined();
+        expect(second.hash).not.toBe(first.hash);
+        expect(await s.listAudit()).toEqual([first, second]);
+        expect(await s.verifyAudit()).toEqual({ ok: true, records: 2, head: { seq: 2, hash: second.hash } });
+      });
+
+      it('pages with afterSeq, since and limit', async () => {
+        const { s } = await fresh();
+        const all = await appendN(s, 6);
+        expect(await s.listAudit()).toEqual(all);
+        expect(await s.listAudit({ afterSeq: 4 })).toEqual(all.slice(4));
+        expect(await s.listAudit({ limit: 2 })).toEqual(all.slice(0, 2));
+        expect(await s.listAudit({ since: T0 + 3000 })).toEqual(all.slice(2));
+        expect(await s.listAudit({ since: T0 + 2500, afterSeq: 3, limit: 2 })).toEqual(all.slice(3, 5));
+        expect(await s.listAudit({ afterSeq: 6 })).toEqual([]);
+        for (const o of [{ limit: 0 }, { afterSeq: -1 }, { since: -1 }, { limit: 1.5 }, 'x']) {
+          await rejectsWith(s.listAudit(o as never), 'INVALID_ARGUMENT');
+        }
+      });
+
+      it('refuses malformed entries with INVALID_ARGUMENT and appends nothing', async () => {
+        const { s } = await fresh();
+        const bad: unknown[] = [
+          null,
+          entry(1, { action: 'party' }),
+          entry(1, { target: '' }),
+          entry(1, { target: 'x'.repeat(257) }),
+          entry(1, { outcome: 'maybe' as never }),
+          entry(1, { actor: { userName: 'alice' } }),
+          entry(1, { at: -5 }),
+          entry(1, { detail: { nested: { a: 1 } } as never }),
+        ];
+        for (const e of bad) await rejectsWith(s.appendAudit(e as never), 'INVALID_ARGUMENT');
+        expect(await s.listAudit()).toEqual([]);
+        expect((await s.verifyAudit()).ok).toBe(true);
+      });
+
+      it('concurrent appends from two handles form one unbroken chain', async () => {
+        const { s, fx } = await fresh();
+        const other = await peer(fx);
+        const made = await Promise.all(
+          Array.from({ length: 24 }, (_, i) => (i % 2 === 0 ? s : other).appendAudit(entry(i + 1))),
+        );
+        expect(made.map((r) => r.seq).sort((x, y) => x - y)).toEqual(
+          Array.from({ length: 24 }, (_, i) => i + 1),
+        );
+        const listed = await other.listAudit();
+        expect(listed.map((r) => r.seq)).toEqual(Array.from({ length: 24 }, (_, i) => i + 1));
+        for (let i = 1; i < listed.length; i++) expect(listed[i]?.prevHash).toBe(listed[i - 1]?.hash);
+        const last = listed[23]!;
+        expect(await s.verifyAudit()).toEqual({ ok: true, records: 24, head: { seq: 24, hash: last.hash } });
+        expect(await other.verifyAudit()).toEqual({
+          ok: true,
+          records: 24,
+          head: { seq: 24, hash: last.hash },
+        });
+      });
+
+      describe('detects tampering', () => {
+        /** A store with six records and its tamper access; skips when the backend has none. */
+        async function tampered(ctx: { skip: (note?: string) => void }) {
+          const { s, fx } = await fresh();
+          if (!fx.auditTamper) {
+            ctx.skip('this backend provides no auditTamper');
+            throw new Error('unreachable');
+          }
+          const records = await appendN(s, 6);
+          expect((await s.verifyAudit()).ok).toBe(true);
+          return { s, t: fx.auditTamper, records };
+        }
+
+        /** Canonical bytes of a record chained after `prev`, as a key holder would make them. */
+        function forge(prev: { seq: number; hash: string } | undefined, target: string) {
+          return chainAuditRecord(prev, checkAuditEntry(entry(9, { target })));
+        }
+
+        async function expectProblem(s: Storage, problem: string, seq: number) {
+          const v = await s.verifyAudit();
+          expect(v).toMatchObject({ ok: false, problem, seq });
+          if (!v.ok) expect(v.message.length).toBeGreaterThan(0);
+        }
+
+        it('a sealed record that no longer opens: edited, and listing it fails', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.corruptRecord(3);
+          await expectProblem(s, 'edited', 3);
+          await rejectsWith(s.listAudit(), 'UNSEAL_FAILED');
+          expect(await s.listAudit({ limit: 2 })).toHaveLength(2);
+        });
+
+        it('a changed hash column: edited', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.setHash(4, 'ab'.repeat(32));
+          await expectProblem(s, 'edited', 4);
+        });
+
+        it('a record replaced by another, properly sealed and hashed: edited at that record', async (ctx) => {
+          const { s, t, records } = await tampered(ctx);
+          const { bytes } = forge({ seq: 2, hash: records[1]!.hash }, 'user:mallory');
+          await t.putRecord(3, bytes);
+          await expectProblem(s, 'edited', 3);
+        });
+
+        it('the last record replaced: the signed head names other bytes, edited', async (ctx) => {
+          const { s, t, records } = await tampered(ctx);
+          const { bytes } = forge({ seq: 5, hash: records[4]!.hash }, 'user:mallory');
+          await t.putRecord(6, bytes);
+          await expectProblem(s, 'edited', 6);
+        });
+
+        it('a record deleted in the middle: removed', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.deleteRow(3);
+          await expectProblem(s, 'removed', 3);
+        });
+
+        it('records deleted from the end: truncated', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.deleteRow(6);
+          await t.deleteRow(5);
+          await expectProblem(s, 'truncated', 5);
+        });
+
+        it('an append after records were cut from the end chains after the signed head: the gap stays visible', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.deleteRow(6);
+          await t.deleteRow(5);
+          const next = await s.appendAudit(entry(10));
+          expect(next.seq).toBe(7);
+          await expectProblem(s, 'removed', 5);
+        });
+
+        it('a properly chained record appended without re-signing the head: inserted', async (ctx) => {
+          const { s, t, records } = await tampered(ctx);
+          const { bytes } = forge({ seq: 6, hash: records[5]!.hash }, 'user:mallory');
+          await t.putRecord(7, bytes);
+          await expectProblem(s, 'inserted', 7);
+        });
+
+        it('a forged record inserted in the middle, later rows shifted: inserted', async (ctx) => {
+          const { s, t, records } = await tampered(ctx);
+          const { bytes } = forge({ seq: 2, hash: records[1]!.hash }, 'user:mallory');
+          await t.putRecord(3, bytes, { shift: true });
+          await expectProblem(s, 'inserted', 3);
+        });
+
+        it('two records swapped: reordered', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.swapSeqs(2, 4);
+          await expectProblem(s, 'reordered', 2);
+        });
+
+        it('the signed head deleted: head-signature', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.deleteHead();
+          await expectProblem(s, 'head-signature', 1);
+        });
+
+        it('the head signature changed: head-signature', async (ctx) => {
+          const { s, t } = await tampered(ctx);
+          await t.corruptHeadSignature();
+          await expectProblem(s, 'head-signature', 6);
+          // The next append signs a fresh head.
+          await s.appendAudit(entry(7));
+          expect(await s.verifyAudit()).toMatchObject({ ok: true, records: 7 });
+        });
       });
     });
 

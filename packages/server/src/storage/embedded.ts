@@ -1,10 +1,12 @@
 /**
  * Wires the embedded backend to key custody: the data directory holds the SQLCipher file
- * and the wrapped-DEK file; the DEKs (database key, field key, lookup key) are unwrapped by
- * the KMS at start and exist only in memory. Without the KMS nothing on disk opens.
+ * and the wrapped-DEK file; the DEKs (database key, field key, lookup key, audit signing
+ * key) are unwrapped by the KMS at start and exist only in memory. Without the KMS nothing
+ * on disk opens.
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
+import { AUDIT_SIGNING_DEK } from '../audit/chain.js';
 import { DEK_FILE, DekRegistry } from '../kms/dek-registry.js';
 import type { Kms } from '../kms/kms.js';
 import { ensurePrivateDir } from '../secure-file.js';
@@ -44,12 +46,15 @@ export async function openEmbeddedStorage(options: EmbeddedStorageOptions): Prom
   const databaseKey = await key(DATABASE_DEK);
   const fieldKey = await key(FIELD_DEK);
   const lookupKey = await key(LOOKUP_DEK);
+  // Always getOrCreate: a data directory from before the audit log gets its key on first start.
+  const auditKey = await registry.getOrCreate(AUDIT_SIGNING_DEK);
   const sealer = new FieldSealer(new Map([[FIELD_DEK_GENERATION, fieldKey]]), FIELD_DEK_GENERATION);
   try {
     return await SqliteStorage.open({
       path: dbPath,
       databaseKey,
       lookupKey,
+      auditKey,
       sealer,
       ...(options.limits ? { limits: options.limits } : {}),
       ...(options.clock ? { clock: options.clock } : {}),
@@ -63,5 +68,6 @@ export async function openEmbeddedStorage(options: EmbeddedStorageOptions): Prom
     databaseKey.fill(0);
     fieldKey.fill(0);
     lookupKey.fill(0);
+    auditKey.fill(0);
   }
 }

@@ -4,9 +4,36 @@
  * signatures are verified by the service layer, which knows the identity key's meaning.
  */
 import { KYBER1024_PUBLIC_KEY_LEN, X25519_KEY_LEN, XEDDSA_SIGNATURE_LEN } from '@qalqon/crypto';
+import {
+  BUILTIN_ROLES,
+  PERMISSIONS,
+  MAX_CHANNEL_CHANGE_BYTES as WIRE_MAX_CHANNEL_CHANGE_BYTES,
+  MAX_CHANNEL_LOG_PAGE as WIRE_MAX_CHANNEL_LOG_PAGE,
+} from '@qalqon/wire';
 import { ServerError } from '../errors.js';
-import { aarray, abytes, aint, aobject, astring, ID_LEN, ID_PATTERN, NAME_PATTERN } from '../validate.js';
-import type { NewDevice, NewEnvelope, OneTimePrekey, SignedPrekey, StorageLimits } from './types.js';
+import {
+  aarray,
+  abytes,
+  abytesRange,
+  aint,
+  aobject,
+  astring,
+  ID_LEN,
+  ID_PATTERN,
+  NAME_PATTERN,
+} from '../validate.js';
+import type {
+  ChannelEffect,
+  ChannelLogEntry,
+  Grant,
+  GrantScope,
+  NewDevice,
+  NewEnvelope,
+  OneTimePrekey,
+  Role,
+  SignedPrekey,
+  StorageLimits,
+} from './types.js';
 
 /** libsignal's type byte before a serialised Curve25519 public key. */
 export const EC_KEY_TYPE = 0x05;
@@ -188,4 +215,223 @@ export function fitsQueueLimits(
     queued.queued_count + add.count <= limits.maxQueuedPerDevice &&
     queued.queued_bytes + add.bytes <= limits.maxQueuedBytesPerDevice
   );
+}
+
+// --- RBAC, org units, channels, audit (issue 5) ------------------------------------------
+
+/** Channel change bytes and signature: as @qalqon/wire SignedChannelChange. */
+export const MAX_CHANNEL_CHANGE_BYTES = WIRE_MAX_CHANNEL_CHANGE_BYTES;
+/** Most channel log entries per `channelLog` call, and the default. */
+export const MAX_CHANNEL_LOG_PAGE = WIRE_MAX_CHANNEL_LOG_PAGE;
+/** Most audit records per `listAudit` call; the default is DEFAULT_AUDIT_PAGE. */
+export const MAX_AUDIT_PAGE = 10_000;
+export const DEFAULT_AUDIT_PAGE = 1000;
+const PERMISSION_SET = new Set<string>(PERMISSIONS);
+
+/** Role, org unit and channel names: routing metadata, checked like user names. */
+export function checkRoleName(label: string, v: unknown): string {
+  return checkUserName(label, v);
+}
+
+/** Org unit ids and channel ids: 32 lower-case hex digits. */
+export function checkHexId(label: string, v: unknown): string {
+  return astring(label, v, ID_LEN, ID_LEN, ID_PATTERN);
+}
+
+/** The built-in role of that name, or undefined. */
+export function builtinRole(name: string): Role | undefined {
+  if (!Object.hasOwn(BUILTIN_ROLES, name)) return undefined;
+  const permissions = [...new Set<string>(BUILTIN_ROLES[name as keyof typeof BUILTIN_ROLES])].sort();
+  return { name, builtin: true, permissions, createdAt: 0 };
+}
+
+/** Every built-in role, by name. */
+export function builtinRoles(): Role[] {
+  return Object.keys(BUILTIN_ROLES)
+    .sort()
+    .map((n) => builtinRole(n) as Role);
+}
+
+/** `createRole`'s argument: a role name and 1.. known permissions, returned sorted and distinct. */
+export function checkNewRole(input: unknown): { name: string; permissions: string[] } {
+  const o = aobject('input', input);
+  const name = checkRoleName('input.name', o.name);
+  const list = aarray('input.permissions', o.permissions, 1, 4 * PERMISSIONS.length).map((p, i) => {
+    const s = astring(`input.permissions[${i}]`, p, 1, 64);
+    if (!PERMISSION_SET.has(s)) {
+      throw new ServerError('INVALID_ARGUMENT', `"input.permissions[${i}]" is not a known permission`);
+    }
+    return s;
+  });
+  return { name, permissions: [...new Set(list)].sort() };
+}
+
+/** A stored custom role's permissions column (JSON array), as both backends write it. */
+export function permissionsJson(permissions: readonly string[]): string {
+  return JSON.stringify(permissions);
+}
+
+export function parsePermissionsJson(json: string): string[] {
+  const v: unknown = JSON.parse(json);
+  if (!Array.isArray(v) || v.some((p) => typeof p !== 'string')) {
+    throw new ServerError('INVALID_ARGUMENT', 'a stored role has a malformed permission list');
+  }
+  return v as string[];
+}
+
+export function checkGrantScope(label: string, v: unknown): GrantScope {
+  const o = aobject(label, v);
+  switch (o.kind) {
+    case 'global':
+      return { kind: 'global' };
+    case 'unit':
+      return { kind: 'unit', unitId: checkHexId(`${label}.unitId`, o.unitId) };
+    case 'channel':
+      return { kind: 'channel', channelId: checkHexId(`${label}.channelId`, o.channelId) };
+    default:
+      throw new ServerError('INVALID_ARGUMENT', `"${label}.kind" expected global, unit or channel`);
+  }
+}
+
+export function checkGrant(label: string, v: unknown): Grant {
+  const o = aobject(label, v);
+  return {
+    userId: checkUserId(`${label}.userId`, o.userId),
+    role: checkRoleName(`${label}.role`, o.role),
+    scope: checkGrantScope(`${label}.scope`, o.scope),
+  };
+}
+
+/** The stored kind and id of a unit or channel scope. */
+export function scopeColumns(scope: Exclude<GrantScope, { kind: 'global' }>): {
+  kind: 'unit' | 'channel';
+  id: string;
+} {
+  return scope.kind === 'unit'
+    ? { kind: 'unit', id: scope.unitId }
+    : { kind: 'channel', id: scope.channelId };
+}
+
+/** A grant from its stored columns (`scope_kind` 'global' for a user_roles row). */
+export function grantFromColumns(userId: string, role: string, kind: string, scopeId: string): Grant {
+  const scope: GrantScope =
+    kind === 'unit'
+      ? { kind: 'unit', unitId: scopeId }
+      : kind === 'channel'
+        ? { kind: 'channel', channelId: scopeId }
+        : { kind: 'global' };
+  return { userId, role, scope };
+}
+
+function cmp(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function scopeId(s: GrantScope): string {
+  return s.kind === 'unit' ? s.unitId : s.kind === 'channel' ? s.channelId : '';
+}
+
+/**
+ * The order of `listGrants`: user id, role, scope kind, scope id, compared by code unit
+ * (not a database collation), so every backend lists the same order.
+ */
+export function compareGrants(a: Grant, b: Grant): number {
+  return (
+    cmp(a.userId, b.userId) ||
+    cmp(a.role, b.role) ||
+    cmp(a.scope.kind, b.scope.kind) ||
+    cmp(scopeId(a.scope), scopeId(b.scope))
+  );
+}
+
+export function checkNewOrgUnit(input: unknown): { name: string; parentId: string | undefined } {
+  const o = aobject('input', input);
+  return {
+    name: checkUserName('input.name', o.name),
+    parentId: o.parentId === undefined ? undefined : checkHexId('input.parentId', o.parentId),
+  };
+}
+
+function checkSignedChange(
+  label: string,
+  change: unknown,
+  signature: unknown,
+): { change: Uint8Array; signature: Uint8Array } {
+  return {
+    change: abytesRange(`${label}.change`, change, 1, MAX_CHANNEL_CHANGE_BYTES),
+    signature: abytes(`${label}.signature`, signature, XEDDSA_SIGNATURE_LEN),
+  };
+}
+
+export interface NewChannelInput {
+  readonly id: string;
+  readonly name: string;
+  readonly unitId: string | undefined;
+  readonly createdBy: string;
+  readonly genesis: { readonly change: Uint8Array; readonly signature: Uint8Array };
+}
+
+export function checkNewChannel(input: unknown): NewChannelInput {
+  const o = aobject('input', input);
+  const g = aobject('input.genesis', o.genesis);
+  return {
+    id: checkHexId('input.id', o.id),
+    name: checkUserName('input.name', o.name),
+    unitId: o.unitId === undefined ? undefined : checkHexId('input.unitId', o.unitId),
+    createdBy: checkUserId('input.createdBy', o.createdBy),
+    genesis: checkSignedChange('input.genesis', g.change, g.signature),
+  };
+}
+
+export function checkChannelLogEntry(label: string, v: unknown): ChannelLogEntry {
+  const o = aobject(label, v);
+  return {
+    seq: aint(`${label}.seq`, o.seq, 0, Number.MAX_SAFE_INTEGER),
+    ...checkSignedChange(label, o.change, o.signature),
+  };
+}
+
+export function checkChannelEffect(label: string, v: unknown): ChannelEffect {
+  const o = aobject(label, v);
+  const userId = checkUserId(`${label}.userId`, o.userId);
+  if (o.kind === 'remove') return { kind: 'remove', userId };
+  if (o.kind !== 'add') throw new ServerError('INVALID_ARGUMENT', `"${label}.kind" expected add or remove`);
+  if (o.role !== 'member' && o.role !== 'manager') {
+    throw new ServerError('INVALID_ARGUMENT', `"${label}.role" expected member or manager`);
+  }
+  return { kind: 'add', userId, role: o.role };
+}
+
+/** `channelLog`'s options: entries after `afterSeq` (all when absent: -1), at most `limit`. */
+export function checkChannelLogOptions(v: unknown): { afterSeq: number; limit: number } {
+  const o = aobject('options', v);
+  return {
+    afterSeq:
+      o.afterSeq === undefined ? -1 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER),
+    limit:
+      o.limit === undefined ? MAX_CHANNEL_LOG_PAGE : aint('options.limit', o.limit, 1, MAX_CHANNEL_LOG_PAGE),
+  };
+}
+
+export function checkListChannelsFilter(v: unknown): { memberUserId: string | undefined } {
+  const o = aobject('filter', v);
+  return {
+    memberUserId:
+      o.memberUserId === undefined ? undefined : checkUserId('filter.memberUserId', o.memberUserId),
+  };
+}
+
+/** `listAudit`'s options: after `afterSeq` (0), at or after `since` (0), at most `limit`. */
+export function checkAuditListOptions(v: unknown): { afterSeq: number; since: number; limit: number } {
+  const o = aobject('options', v);
+  return {
+    afterSeq: o.afterSeq === undefined ? 0 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER),
+    since: o.since === undefined ? 0 : aint('options.since', o.since, 0, Number.MAX_SAFE_INTEGER),
+    limit: o.limit === undefined ? DEFAULT_AUDIT_PAGE : aint('options.limit', o.limit, 1, MAX_AUDIT_PAGE),
+  };
+}
+
+/** The audit signing key: a 32-byte Ed25519 seed. */
+export function checkAuditKey(label: string, v: unknown): Uint8Array {
+  return abytes(label, v, 32);
 }

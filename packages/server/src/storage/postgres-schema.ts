@@ -108,6 +108,95 @@ CREATE INDEX envelopes_recipient ON envelopes(recipient_user_id, recipient_devic
 CREATE INDEX envelopes_created ON envelopes(created_at);
 `,
   },
+  {
+    version: 2,
+    name: 'roles, grants, org units, channels, channel log, audit log',
+    sql: `
+-- Custom roles only: the built-in ones (admin, auditor, member, guest) are code.
+CREATE TABLE roles (
+  name TEXT COLLATE "C" PRIMARY KEY,
+  permissions TEXT[] NOT NULL,              -- sorted, distinct, each a known permission
+  created_at BIGINT NOT NULL
+);
+
+-- Global grants stay in user_roles (a user's roles); unit and channel grants live here.
+-- scope_id has no foreign key (it names a unit or a channel): removeOrgUnit refuses while a
+-- unit has grants, removeChannel deletes the channel's grants, and writers lock the row
+-- they name.
+CREATE TABLE grants (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  role TEXT COLLATE "C" NOT NULL,
+  scope_kind TEXT COLLATE "C" NOT NULL CHECK (scope_kind IN ('unit', 'channel')),
+  scope_id TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY (user_id, role, scope_kind, scope_id)
+);
+CREATE INDEX grants_scope ON grants(scope_kind, scope_id);
+CREATE INDEX grants_role ON grants(role);
+CREATE INDEX user_roles_role ON user_roles(role);
+
+CREATE TABLE org_units (
+  id TEXT PRIMARY KEY,
+  name TEXT COLLATE "C" NOT NULL UNIQUE,
+  parent_id TEXT REFERENCES org_units(id),  -- NULL for a top-level unit
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX org_units_parent ON org_units(parent_id);
+
+CREATE TABLE user_org_units (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  unit_id TEXT NOT NULL REFERENCES org_units(id),
+  PRIMARY KEY (user_id, unit_id)
+);
+CREATE INDEX user_org_units_unit ON user_org_units(unit_id, user_id);
+
+-- Channel ids are chosen by the creating client (they are inside the signed genesis change).
+CREATE TABLE channels (
+  id TEXT PRIMARY KEY,
+  name TEXT COLLATE "C" NOT NULL UNIQUE,
+  unit_id TEXT REFERENCES org_units(id),
+  created_by TEXT NOT NULL,
+  seq BIGINT NOT NULL,                      -- the last change in its log; appends lock this row
+  created_at BIGINT NOT NULL
+);
+CREATE INDEX channels_unit ON channels(unit_id);
+
+CREATE TABLE channel_members (
+  channel_id TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  role TEXT NOT NULL CHECK (role IN ('member', 'manager')),
+  added_seq BIGINT NOT NULL,
+  PRIMARY KEY (channel_id, user_id)
+);
+CREATE INDEX channel_members_user ON channel_members(user_id);
+
+-- The signed membership changes as received.
+CREATE TABLE channel_log (
+  channel_id TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+  seq BIGINT NOT NULL,
+  change BYTEA NOT NULL,                    -- sealed (row id: <channel id>/<seq>)
+  signature BYTEA NOT NULL,                 -- sealed (row id: <channel id>/<seq>)
+  PRIMARY KEY (channel_id, seq)
+);
+
+-- The audit hash chain (audit/chain.ts): seq, time and hash in the clear for ordering,
+-- --since and the chain walk; the canonical record (actor, target, ...) sealed.
+CREATE TABLE audit_log (
+  seq BIGINT PRIMARY KEY,
+  at BIGINT NOT NULL,
+  hash TEXT COLLATE "C" NOT NULL,           -- hex SHA-256 of the canonical record
+  record BYTEA NOT NULL                     -- sealed (row id: auditRecordRef())
+);
+CREATE INDEX audit_log_at ON audit_log(at);
+
+-- The last record's seq and hash, signed with the audit key after every append.
+CREATE TABLE audit_head (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  seq BIGINT NOT NULL,
+  hash TEXT COLLATE "C" NOT NULL,
+  signature BYTEA NOT NULL
+);
+`,
+  },
 ];
 
 async function currentVersion(client: pg.PoolClient): Promise<number> {

@@ -15,13 +15,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
+import { AUDIT_SIGNING_DEK, auditHash, parseAuditRecordBytes } from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import type { Kms } from '../kms/kms.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
-import { runStorageConformance } from './conformance.js';
-import { FIELD_DEK, LOOKUP_DEK } from './embedded.js';
+import { type AuditTamper, runStorageConformance } from './conformance.js';
+import { FIELD_DEK, FIELD_DEK_GENERATION, LOOKUP_DEK } from './embedded.js';
+import { FieldSealer } from './field-sealer.js';
 import { openPostgresStorage, type PostgresStorage, rewrapPostgresDataKeys } from './postgres.js';
 import { MIGRATION_LOCK_KEY, migratePostgres, POSTGRES_MIGRATIONS } from './postgres-schema.js';
+import { sealAuditRecord } from './sealed-rows.js';
 import type { NewDevice, Storage } from './types.js';
 
 const ADMIN_URL = process.env.QALQON_TEST_POSTGRES_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
@@ -94,6 +97,92 @@ it('PostgreSQL is reachable (CI starts it; this fails rather than skips)', async
   await admin('SELECT 1');
 });
 
+/**
+ * The conformance suite's audit tampering, as raw SQL on the database: what someone with
+ * write access to it can do, and (putRecord) someone who also holds the KMS, which unwraps
+ * the field key from `data_keys` exactly as a node does. Each operation is one transaction.
+ */
+function postgresAuditTamper(url: string, kms: Kms): AuditTamper {
+  const withDb = async (fn: (c: pg.Client) => Promise<void>) => {
+    const c = await rawClient(url);
+    try {
+      await c.query('BEGIN');
+      await fn(c);
+      await c.query('COMMIT');
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      await c.end();
+    }
+  };
+  const one = async (c: pg.Client, sql: string, params: unknown[]) => {
+    expect((await c.query(sql, params)).rowCount).toBe(1);
+  };
+  const fieldSealer = async (c: pg.Client): Promise<FieldSealer> => {
+    const k = await c.query<{ key_id: string; ciphertext: Buffer }>(
+      'SELECT key_id, ciphertext FROM data_keys WHERE name = $1',
+      [FIELD_DEK],
+    );
+    const row = k.rows[0]!;
+    const key = await kms.unwrap({
+      keyId: row.key_id,
+      context: `dek:${FIELD_DEK}`,
+      ciphertext: row.ciphertext,
+    });
+    try {
+      return new FieldSealer(new Map([[FIELD_DEK_GENERATION, key]]), FIELD_DEK_GENERATION);
+    } finally {
+      key.fill(0);
+    }
+  };
+  return {
+    deleteRow: (seq) => withDb((c) => one(c, 'DELETE FROM audit_log WHERE seq = $1', [seq])),
+    swapSeqs: (a, b) =>
+      withDb(async (c) => {
+        // Through a free seq: the primary key is checked after every row.
+        await one(c, 'UPDATE audit_log SET seq = -1 WHERE seq = $1', [a]);
+        await one(c, 'UPDATE audit_log SET seq = $1 WHERE seq = $2', [a, b]);
+        await one(c, 'UPDATE audit_log SET seq = $1 WHERE seq = -1', [b]);
+      }),
+    corruptRecord: (seq) =>
+      withDb(async (c) => {
+        const r = await c.query<{ record: Buffer }>('SELECT record FROM audit_log WHERE seq = $1', [seq]);
+        const bad = Buffer.from(r.rows[0]!.record);
+        bad[bad.length - 5]! ^= 0x40;
+        await one(c, 'UPDATE audit_log SET record = $1 WHERE seq = $2', [bad, seq]);
+      }),
+    setHash: (seq, hex) => withDb((c) => one(c, 'UPDATE audit_log SET hash = $1 WHERE seq = $2', [hex, seq])),
+    putRecord: (seq, bytes, options) =>
+      withDb(async (c) => {
+        if (options?.shift) {
+          // Two steps, so no row ever lands on a seq another row still holds.
+          await c.query('UPDATE audit_log SET seq = -(seq + 1) WHERE seq >= $1', [seq]);
+          await c.query('UPDATE audit_log SET seq = -seq WHERE seq < 0');
+        }
+        const sealer = await fieldSealer(c);
+        try {
+          await one(
+            c,
+            `INSERT INTO audit_log (seq, at, hash, record) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (seq) DO UPDATE SET at = EXCLUDED.at, hash = EXCLUDED.hash, record = EXCLUDED.record`,
+            [seq, parseAuditRecordBytes(bytes)?.at ?? 0, auditHash(bytes), sealAuditRecord(sealer, bytes)],
+          );
+        } finally {
+          sealer.destroy();
+        }
+      }),
+    deleteHead: () => withDb((c) => one(c, 'DELETE FROM audit_head', [])),
+    corruptHeadSignature: () =>
+      withDb(async (c) => {
+        const r = await c.query<{ signature: Buffer }>('SELECT signature FROM audit_head');
+        const sig = Buffer.from(r.rows[0]!.signature);
+        sig[10]! ^= 0x01;
+        await one(c, 'UPDATE audit_head SET signature = $1', [sig]);
+      }),
+  };
+}
+
 runStorageConformance('PostgreSQL', async ({ clock, limits }) => {
   const db = await createDb();
   const { kms, dir } = await newKms();
@@ -103,6 +192,7 @@ runStorageConformance('PostgreSQL', async ({ clock, limits }) => {
     return {
       storage,
       openPeer: () => openPostgresStorage(opts),
+      auditTamper: postgresAuditTamper(db.url, kms),
       destroy: async () => {
         await kms.close();
         rmSync(dir, { recursive: true, force: true });
@@ -171,6 +261,31 @@ async function enrol(s: Storage, name: string, d: NewDevice) {
   return { user, device: dev, code };
 }
 
+/** Everything in the database, column by column, as raw bytes (bytea) or text (everything else). */
+async function dumpAll(c: pg.Client): Promise<Buffer> {
+  const cols = await c.query<{ table_name: string; column_name: string }>(
+    `SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'`,
+  );
+  expect(cols.rows.length).toBeGreaterThan(20);
+  const parts: Buffer[] = [];
+  for (const { table_name, column_name } of cols.rows) {
+    const r = await c.query(`SELECT "${column_name}" AS v FROM "${table_name}"`);
+    for (const row of r.rows as { v: unknown }[]) {
+      const v = row.v;
+      if (v === null) continue;
+      parts.push(Buffer.isBuffer(v) ? v : Buffer.from(Array.isArray(v) ? v.join(',') : String(v)));
+    }
+  }
+  return Buffer.concat(parts);
+}
+
+/** Fails if `bytes` appear in `dump` raw, as hex or as base64. */
+function expectAbsent(dump: Buffer, what: string, bytes: Uint8Array): void {
+  expect(dump.includes(Buffer.from(bytes)), what).toBe(false);
+  expect(dump.includes(Buffer.from(Buffer.from(bytes).toString('hex'))), `${what} (hex)`).toBe(false);
+  expect(dump.includes(Buffer.from(Buffer.from(bytes).toString('base64'))), `${what} (base64)`).toBe(false);
+}
+
 describe('what the database holds', () => {
   it('no plaintext of any sealed field and no unwrapped data key, in any column of any table', async () => {
     const { db, kms, open } = await deployment();
@@ -189,21 +304,7 @@ describe('what the database holds', () => {
     ]);
     const c = await rawClient(db.url);
     try {
-      // Everything, column by column, as raw bytes (bytea) or text (everything else).
-      const cols = await c.query<{ table_name: string; column_name: string }>(
-        `SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'`,
-      );
-      expect(cols.rows.length).toBeGreaterThan(20);
-      const parts: Buffer[] = [];
-      for (const { table_name, column_name } of cols.rows) {
-        const r = await c.query(`SELECT "${column_name}" AS v FROM "${table_name}"`);
-        for (const row of r.rows as { v: unknown }[]) {
-          const v = row.v;
-          if (v === null) continue;
-          parts.push(Buffer.isBuffer(v) ? v : Buffer.from(Array.isArray(v) ? v.join(',') : String(v)));
-        }
-      }
-      const dump = Buffer.concat(parts);
+      const dump = await dumpAll(c);
       // Routing metadata is plaintext by design: the user name is there, so the dump is real.
       expect(dump.includes(`user-${marker}`)).toBe(true);
       const secrets: [string, Uint8Array][] = [
@@ -222,18 +323,153 @@ describe('what the database holds', () => {
       const keys = await c.query<{ name: string; key_id: string; ciphertext: Buffer }>(
         'SELECT name, key_id, ciphertext FROM data_keys ORDER BY name',
       );
-      expect(keys.rows.map((r) => r.name)).toEqual([FIELD_DEK, LOOKUP_DEK].sort());
+      expect(keys.rows.map((r) => r.name)).toEqual([AUDIT_SIGNING_DEK, FIELD_DEK, LOOKUP_DEK].sort());
       for (const k of keys.rows) {
         const dek = await kms.unwrap({ keyId: k.key_id, context: `dek:${k.name}`, ciphertext: k.ciphertext });
         secrets.push([`data key ${k.name}`, dek]);
       }
-      for (const [what, bytes] of secrets) {
-        expect(dump.includes(Buffer.from(bytes)), what).toBe(false);
-        expect(dump.includes(Buffer.from(Buffer.from(bytes).toString('hex'))), `${what} (hex)`).toBe(false);
-        expect(dump.includes(Buffer.from(Buffer.from(bytes).toString('base64'))), `${what} (base64)`).toBe(
-          false,
-        );
+      for (const [what, bytes] of secrets) expectAbsent(dump, what, bytes);
+    } finally {
+      await c.end();
+    }
+  });
+
+  it('no audit actor, target or detail and no channel change or signature in the clear', async () => {
+    const { db, kms, open } = await deployment();
+    const s = await open();
+    const marker = randomBytes(8).toString('hex');
+    const alice = await s.createUser({ name: `alice-${marker}` });
+    const bob = await s.createUser({ name: `bob-${marker}` });
+    const unit = await s.createOrgUnit({ name: `unit-${marker}` });
+    await s.createRole({ name: `role-${marker}`, permissions: ['audit.read'] });
+    const channelId = randomBytes(16).toString('hex');
+    const text = (t: string) => new TextEncoder().encode(t);
+    const genesis = {
+      change: text(`{"genesis":"change-0-${marker}"}`),
+      signature: new Uint8Array(randomBytes(64)),
+    };
+    await s.createChannel({
+      id: channelId,
+      name: `chan-${marker}`,
+      unitId: unit.id,
+      createdBy: alice.id,
+      genesis,
+    });
+    const add = {
+      seq: 1,
+      change: text(`{"add":"change-1-${marker}"}`),
+      signature: new Uint8Array(randomBytes(64)),
+    };
+    await s.appendChannelChange(channelId, add, { kind: 'add', userId: bob.id, role: 'member' });
+    const address = `203.0.113.${marker.length}`;
+    await s.appendAudit({
+      at: Date.now(),
+      actor: { kind: 'device', userId: alice.id, userName: `actor-${marker}`, deviceId: 1 },
+      action: 'channel.member.add',
+      target: `target-${marker}`,
+      outcome: 'ok',
+      detail: { reason: `detail-${marker}` },
+    });
+    await s.appendAudit({
+      at: Date.now(),
+      actor: { kind: 'anonymous', address },
+      action: 'login.failure',
+      target: `other-target-${marker}`,
+      outcome: 'denied',
+    });
+    const c = await rawClient(db.url);
+    try {
+      const dump = await dumpAll(c);
+      // Routing metadata is in the clear by design: names of users, units, roles and channels.
+      for (const name of [`alice-${marker}`, `unit-${marker}`, `role-${marker}`, `chan-${marker}`]) {
+        expect(dump.includes(name), name).toBe(true);
       }
+      const secrets: [string, Uint8Array][] = [
+        ['audit actor', text(`actor-${marker}`)],
+        ['audit actor address', text(address)],
+        ['audit target', text(`target-${marker}`)],
+        ['audit detail', text(`detail-${marker}`)],
+        ['audit action', text('channel.member.add')],
+        ['genesis change', genesis.change],
+        ['genesis change marker', text(`change-0-${marker}`)],
+        ['genesis signature', genesis.signature],
+        ['added change', add.change],
+        ['added change marker', text(`change-1-${marker}`)],
+        ['added signature', add.signature],
+      ];
+      const k = await c.query<{ key_id: string; ciphertext: Buffer }>(
+        'SELECT key_id, ciphertext FROM data_keys WHERE name = $1',
+        [AUDIT_SIGNING_DEK],
+      );
+      const seed = await kms.unwrap({
+        keyId: k.rows[0]!.key_id,
+        context: `dek:${AUDIT_SIGNING_DEK}`,
+        ciphertext: k.rows[0]!.ciphertext,
+      });
+      secrets.push(['audit signing key', seed]);
+      for (const [what, bytes] of secrets) expectAbsent(dump, what, bytes);
+    } finally {
+      await c.end();
+    }
+    // And the store reads back exactly what it was given.
+    expect(await s.channelLog(channelId)).toEqual([{ seq: 0, ...genesis }, add]);
+    expect((await s.listAudit()).map((r) => r.target)).toEqual([
+      `target-${marker}`,
+      `other-target-${marker}`,
+    ]);
+    expect(await s.verifyAudit()).toMatchObject({ ok: true, records: 2 });
+  });
+
+  it('binds channel log entries to their row: an entry copied to another seq fails with UNSEAL_FAILED', async () => {
+    const { db, open } = await deployment();
+    const s = await open();
+    const alice = await s.createUser({ name: 'alice' });
+    const bob = await s.createUser({ name: 'bob' });
+    const id = randomBytes(16).toString('hex');
+    const entry = (seq: number) => ({
+      seq,
+      change: new Uint8Array(randomBytes(50)),
+      signature: new Uint8Array(randomBytes(64)),
+    });
+    await s.createChannel({ id, name: 'ops', createdBy: alice.id, genesis: entry(0) });
+    await s.appendChannelChange(id, entry(1), { kind: 'add', userId: bob.id, role: 'member' });
+    const c = await rawClient(db.url);
+    try {
+      await c.query(
+        `UPDATE channel_log SET change = (SELECT change FROM channel_log WHERE channel_id = $1 AND seq = 0)
+           WHERE channel_id = $1 AND seq = 1`,
+        [id],
+      );
+    } finally {
+      await c.end();
+    }
+    expectCode(await catchError(s.channelLog(id)), 'UNSEAL_FAILED');
+    expect(await s.channelLog(id, { limit: 1 })).toHaveLength(1);
+  });
+
+  it('a database from before the audit log gains its signing key on first start; other keys stay guarded', async () => {
+    const { db, open } = await deployment();
+    const s = await open();
+    const alice = await s.createUser({ name: 'alice' });
+    const c = await rawClient(db.url);
+    try {
+      await c.query('DELETE FROM data_keys WHERE name = $1', [AUDIT_SIGNING_DEK]);
+      const again = await open();
+      expect((await again.getUser(alice.id))?.name).toBe('alice');
+      await again.appendAudit({
+        at: 1,
+        actor: { kind: 'server' },
+        action: 'backup',
+        target: 'db',
+        outcome: 'ok',
+      });
+      expect(await again.verifyAudit()).toMatchObject({ ok: true, records: 1 });
+      const k = await c.query('SELECT 1 FROM data_keys WHERE name = $1', [AUDIT_SIGNING_DEK]);
+      expect(k.rowCount).toBe(1);
+      // The key the first node started with is gone; a node started now shares the new one.
+      expect(await (await open()).verifyAudit()).toMatchObject({ ok: true, records: 1 });
+      await c.query('DELETE FROM data_keys WHERE name = $1', [LOOKUP_DEK]);
+      expectCode(await catchError(open()), 'DEK_NOT_FOUND');
     } finally {
       await c.end();
     }
@@ -292,7 +528,7 @@ describe('what the database holds', () => {
     ]);
     const oldKeyId = (await kms.describe()).activeKeyId;
     const active = await kms.rotate();
-    expect(await rewrapPostgresDataKeys({ url: db.url, kms })).toBe(2);
+    expect(await rewrapPostgresDataKeys({ url: db.url, kms })).toBe(3);
     expect(await rewrapPostgresDataKeys({ url: db.url, kms })).toBe(0);
     await kms.destroy(oldKeyId);
     const c = await rawClient(db.url);
@@ -318,7 +554,7 @@ describe('migrations', () => {
       const m = await c.query<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version');
       expect(m.rows.map((r) => r.version)).toEqual(POSTGRES_MIGRATIONS.map((x) => x.version));
       const k = await c.query<{ n: string }>('SELECT count(*) AS n FROM data_keys');
-      expect(Number(k.rows[0]?.n)).toBe(2);
+      expect(Number(k.rows[0]?.n)).toBe(3);
     } finally {
       await c.end();
     }
@@ -436,6 +672,75 @@ describe('two nodes on one database', () => {
     const acks = await Promise.all([a!.ackEnvelopes(user.id, 1, ids), b!.ackEnvelopes(user.id, 1, ids)]);
     expect(acks[0]! + acks[1]!).toBe(40);
     expect(await a!.mailboxStats(user.id, 1)).toEqual({ count: 0, bytes: 0 });
+  });
+});
+
+describe('channels and the audit log across nodes', () => {
+  it('three nodes racing on one channel and the audit log: one winner per seq, one unbroken chain', async () => {
+    const { open } = await deployment();
+    const nodes = await Promise.all([open(), open(), open()]);
+    const users = await Promise.all(
+      Array.from({ length: 9 }, (_, i) => nodes[0]!.createUser({ name: `u${i}` })),
+    );
+    const id = randomBytes(16).toString('hex');
+    const bytes = (n: number) => new Uint8Array(randomBytes(n));
+    await nodes[0]!.createChannel({
+      id,
+      name: 'ops',
+      createdBy: users[0]!.id,
+      genesis: { change: bytes(40), signature: bytes(64) },
+    });
+    // Each node keeps trying to add its next user at the seq it last saw + 1.
+    const won: { seq: number; change: Uint8Array; signature: Uint8Array }[] = [];
+    await Promise.all(
+      nodes.map(async (node, n) => {
+        for (let k = 1; k <= 8; k++) {
+          if ((k - 1) % 3 !== n) continue;
+          const user = users[k]!;
+          for (;;) {
+            const seq = ((await node.getChannel(id))?.seq ?? 0) + 1;
+            const e = { seq, change: bytes(60), signature: bytes(64) };
+            try {
+              await node.appendChannelChange(id, e, { kind: 'add', userId: user.id, role: 'member' });
+              won.push(e);
+              break;
+            } catch (err) {
+              expectCode(err, 'CHANNEL_CONFLICT');
+            }
+          }
+        }
+      }),
+    );
+    const log = await nodes[2]!.channelLog(id);
+    expect(log.map((e) => e.seq)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    expect(log.slice(1)).toEqual([...won].sort((a, b) => a.seq - b.seq));
+    expect((await nodes[1]!.channelMembers(id)).map((m) => m.userId).sort()).toEqual(
+      users.map((u) => u.id).sort(),
+    );
+
+    const appends = await Promise.all(
+      Array.from({ length: 45 }, (_, i) =>
+        nodes[i % 3]!.appendAudit({
+          at: 1000 + i,
+          actor: { kind: 'server' },
+          action: 'backup',
+          target: `t${i}`,
+          outcome: 'ok',
+        }),
+      ),
+    );
+    expect(appends.map((r) => r.seq).sort((a, b) => a - b)).toEqual(
+      Array.from({ length: 45 }, (_, i) => i + 1),
+    );
+    const listed = await nodes[1]!.listAudit();
+    for (let i = 1; i < listed.length; i++) expect(listed[i]!.prevHash).toBe(listed[i - 1]!.hash);
+    for (const node of nodes) {
+      expect(await node.verifyAudit()).toEqual({
+        ok: true,
+        records: 45,
+        head: { seq: 45, hash: listed[44]!.hash },
+      });
+    }
   });
 });
 

@@ -16,6 +16,8 @@
  * opens nothing. The KMS binds each wrapped key to its name, so rows cannot be swapped.
  * Keeping them beside the data also means a backup carries the keys it needs (still
  * wrapped), and a KEK rotation re-wraps them in one transaction (rewrapPostgresDataKeys).
+ * One of them, AUDIT_SIGNING_DEK, is not an AES key but the seed of the audit log's
+ * Ed25519 signing key (audit/chain.ts): every node signs the head with the same key.
  *
  * Concurrency (every node, every connection), READ COMMITTED plus explicit row locks:
  * - one user's writes (enrolment, linking, codes, roles) lock the user's row first;
@@ -27,6 +29,14 @@
  *   holds them to commit: counters and limits are exact, and one device's envelopes commit
  *   in `seq` order, so an `afterSeq` cursor never skips a late commit;
  * - acks and purges lock the device rows before the envelope rows, in the same order;
+ * - a channel's changes are appended under its row's lock (FOR UPDATE): of several nodes
+ *   appending the same seq, one inserts it and the others then read its seq and get
+ *   CHANNEL_CONFLICT;
+ * - audit appends run one at a time across nodes under a transaction-scoped advisory lock
+ *   (AUDIT_LOCK_KEY), so each chains after the previous one and re-signs the head;
+ * - a write naming a role, unit, channel or user holds that row FOR KEY SHARE, and
+ *   deleteRole / removeOrgUnit / removeChannel take it FOR UPDATE before checking what
+ *   still refers to it: either the write commits first and is seen, or it finds the row gone;
  * - a deadlock or serialization failure PostgreSQL reports anyway is retried, the whole
  *   transaction again (nothing outside the database changed).
  * A method resolves only after its COMMIT returned with `synchronous_commit = on` (set on
@@ -44,31 +54,59 @@
 import type { ConnectionOptions } from 'node:tls';
 import { AES256_KEY_LEN, randomBytes } from '@qalqon/crypto';
 import pg from 'pg';
+import {
+  AUDIT_SIGNING_DEK,
+  auditPublicKey,
+  chainAuditRecord,
+  checkAuditEntry,
+  type StoredAuditRow,
+  signAuditHead,
+  verifyAuditRows,
+} from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import type { Kms, WrappedKey } from '../kms/kms.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
 import { FIELD_DEK, FIELD_DEK_GENERATION, LOOKUP_DEK } from './embedded.js';
 import { FieldSealer } from './field-sealer.js';
 import {
+  builtinRole,
+  builtinRoles,
+  checkAuditKey,
+  checkAuditListOptions,
+  checkChannelEffect,
+  checkChannelLogEntry,
+  checkChannelLogOptions,
   checkDeviceId,
   checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
+  checkGrant,
+  checkHexId,
   checkLimits,
+  checkListChannelsFilter,
+  checkNewChannel,
   checkNewDevice,
   checkNewEnrolmentCode,
+  checkNewOrgUnit,
+  checkNewRole,
   checkOneTimePrekeys,
+  checkRoleName,
   checkRoles,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
+  compareGrants,
   DEFAULT_FETCH,
   enrolmentCodeInvalid,
   fitsQueueLimits,
+  grantFromColumns,
   MAX_FETCH,
+  scopeColumns,
 } from './input.js';
 import { migratePostgres, POSTGRES_MIGRATIONS } from './postgres-schema.js';
 import {
+  auditRecordFromBytes,
+  type ChannelLogRow,
   type DeviceRowFields,
   deviceRowId,
   type EnvelopeRow,
@@ -77,22 +115,37 @@ import {
   identityKeyRef,
   newId,
   oneTimePrekeyRef,
+  openAuditRecord,
+  openChannelLogEntry,
   openDevice,
   openEnvelope,
   ref,
+  sealAuditRecord,
+  sealChannelLogEntry,
   sealDeviceFields,
   tallyRecipients,
+  tryOpenAuditRecord,
 } from './sealed-rows.js';
 import {
+  type AuditEntry,
+  type AuditRecord,
+  type AuditVerification,
+  type Channel,
+  type ChannelEffect,
+  type ChannelLogEntry,
+  type ChannelMembership,
   DEFAULT_LIMITS,
   type Device,
   type Envelope,
   type EnvelopeReceipt,
+  type Grant,
   type MailboxStats,
   type NewDevice,
   type NewEnvelope,
   type OneTimePrekey,
+  type OrgUnit,
   type PrekeyBundle,
+  type Role,
   type SignedPrekey,
   type Storage,
   type StorageLimits,
@@ -263,14 +316,17 @@ async function connect(pool: pg.Pool): Promise<pg.PoolClient> {
 /**
  * Unwraps this database's data keys, creating the missing ones (random, wrapped, stored
  * before they are used) only while the database holds no users: a database with data and
- * no key would otherwise get a fresh key that opens nothing (DEK_NOT_FOUND instead). Two
- * nodes creating at once both insert with ON CONFLICT DO NOTHING and use the row that won.
+ * no key would otherwise get a fresh key that opens nothing (DEK_NOT_FOUND instead). The
+ * `mintable` names protect nothing stored before them (the audit signing key: a database
+ * from before the audit log gains it on its first start) and are created whenever missing.
+ * Two nodes creating at once both insert with ON CONFLICT DO NOTHING and use the row that won.
  */
 async function loadDataKeys(
   client: pg.PoolClient,
   kms: Kms,
   names: readonly string[],
   clock: () => number,
+  mintable: readonly string[] = [],
 ): Promise<Map<string, Uint8Array>> {
   const read = async () => {
     const r = await client.query<{ name: string; key_id: string; ciphertext: Buffer }>(
@@ -282,11 +338,12 @@ async function loadDataKeys(
   let rows = await read();
   const missing = names.filter((n) => !rows.has(n));
   if (missing.length > 0) {
-    const used = await client.query('SELECT 1 FROM users LIMIT 1');
-    if (used.rowCount !== 0) {
+    const guarded = missing.filter((n) => !mintable.includes(n));
+    const used = guarded.length > 0 ? await client.query('SELECT 1 FROM users LIMIT 1') : undefined;
+    if (used !== undefined && used.rowCount !== 0) {
       throw new ServerError(
         'DEK_NOT_FOUND',
-        `the database holds data but no data key named ${missing[0]}; restore the data_keys table`,
+        `the database holds data but no data key named ${guarded[0]}; restore the data_keys table`,
       );
     }
     for (const name of missing) {
@@ -345,19 +402,23 @@ export async function openPostgresStorage(options: PostgresStorageOptions): Prom
     let keys: Map<string, Uint8Array>;
     try {
       await migratePostgres(client, POSTGRES_MIGRATIONS, clock);
-      keys = await loadDataKeys(client, o.kms, [FIELD_DEK, LOOKUP_DEK], clock);
+      keys = await loadDataKeys(client, o.kms, [FIELD_DEK, LOOKUP_DEK, AUDIT_SIGNING_DEK], clock, [
+        AUDIT_SIGNING_DEK,
+      ]);
     } finally {
       client.release();
     }
     const fieldKey = keys.get(FIELD_DEK)!;
     const lookupKey = keys.get(LOOKUP_DEK)!;
+    const auditSeed = keys.get(AUDIT_SIGNING_DEK)!;
     try {
       const sealer = new FieldSealer(new Map([[FIELD_DEK_GENERATION, fieldKey]]), FIELD_DEK_GENERATION);
-      return new PostgresStorage(pool, sealer, lookupKey, limits, clock);
+      return new PostgresStorage(pool, sealer, lookupKey, limits, clock, auditSeed);
     } finally {
       // The storage and sealer keep their own copies; drop ours.
       fieldKey.fill(0);
       lookupKey.fill(0);
+      auditSeed.fill(0);
     }
   } catch (err) {
     await pool.end().catch(() => undefined);
@@ -445,27 +506,111 @@ function deviceNotFound(userId: string, deviceId: number): ServerError {
   return new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
 }
 
+// --- RBAC, org units, channels, audit ----------------------------------------------------
+
+/** The advisory-lock key audit appends run under ("qalq" "au"). Per database, held to commit. */
+export const AUDIT_LOCK_KEY = 0x7161_6c71_6175;
+
+function isBuiltinRole(name: string): boolean {
+  return builtinRole(name) !== undefined;
+}
+
+function roleNotFound(name: string): ServerError {
+  return new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
+}
+
+function roleExists(name: string): ServerError {
+  return new ServerError('ROLE_EXISTS', `a role named ${name} already exists`);
+}
+
+function orgUnitNotFound(id: string): ServerError {
+  return new ServerError('ORG_UNIT_NOT_FOUND', `no org unit with id ${id}`);
+}
+
+function channelNotFound(id: string): ServerError {
+  return new ServerError('CHANNEL_NOT_FOUND', `no channel with id ${id}`);
+}
+
+function channelExists(id: string, name: string): ServerError {
+  return new ServerError('CHANNEL_EXISTS', `a channel with id ${id} or named ${name} already exists`);
+}
+
+interface RoleRow {
+  name: string;
+  permissions: string[];
+  created_at: number;
+}
+
+function toRole(row: RoleRow): Role {
+  return { name: row.name, builtin: false, permissions: row.permissions, createdAt: row.created_at };
+}
+
+const UNIT_COLUMNS = 'id, name, parent_id, created_at';
+
+interface OrgUnitRow {
+  id: string;
+  name: string;
+  parent_id: string | null;
+  created_at: number;
+}
+
+function toOrgUnit(row: OrgUnitRow): OrgUnit {
+  return { id: row.id, name: row.name, parentId: row.parent_id ?? undefined, createdAt: row.created_at };
+}
+
+const CHANNEL_COLUMNS = `ch.id, ch.name, ch.unit_id, ch.created_by, ch.seq, ch.created_at,
+  (SELECT count(*) FROM channel_members m WHERE m.channel_id = ch.id) AS member_count`;
+
+interface ChannelRow {
+  id: string;
+  name: string;
+  unit_id: string | null;
+  created_by: string;
+  seq: number;
+  created_at: number;
+  member_count: number;
+}
+
+function toChannel(row: ChannelRow): Channel {
+  return {
+    id: row.id,
+    name: row.name,
+    unitId: row.unit_id ?? undefined,
+    createdBy: row.created_by,
+    seq: row.seq,
+    memberCount: row.member_count,
+    createdAt: row.created_at,
+  };
+}
+
 export class PostgresStorage implements Storage {
   readonly #pool: pg.Pool;
   readonly #sealer: FieldSealer;
   readonly #lookupKey: Uint8Array;
   readonly #limits: StorageLimits;
   readonly #clock: () => number;
+  /** The audit signing key's 32-byte Ed25519 seed (the AUDIT_SIGNING_DEK data key). */
+  readonly #auditSeed: Uint8Array;
   #closed = false;
   /** Calls under way; close() lets them finish before it ends the pool and zeroes the keys. */
   readonly #inflight = new Set<Promise<unknown>>();
 
-  /** Use openPostgresStorage. The storage owns `pool` and `sealer` from here; it copies `lookupKey`. */
+  /**
+   * Use openPostgresStorage. The storage owns `pool` and `sealer` from here; it copies
+   * `lookupKey` and `auditSeed`.
+   */
   constructor(
     pool: pg.Pool,
     sealer: FieldSealer,
     lookupKey: Uint8Array,
     limits: StorageLimits,
     clock: () => number,
+    auditSeed: Uint8Array,
   ) {
     this.#pool = pool;
     this.#sealer = sealer;
     this.#lookupKey = Uint8Array.from(abytes('lookupKey', lookupKey, 32));
+    this.#auditSeed = Uint8Array.from(checkAuditKey('auditSeed', auditSeed));
     this.#limits = limits;
     this.#clock = clock;
   }
@@ -556,6 +701,7 @@ export class PostgresStorage implements Storage {
     const id = newId();
     const now = this.#clock();
     return this.#tx(async (c) => {
+      await this.#lockRoles(c, roles);
       const r = await c.query(
         'INSERT INTO users (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING',
         [id, name, now],
@@ -598,6 +744,7 @@ export class PostgresStorage implements Storage {
     checkUserName('role', role);
     await this.#tx(async (c) => {
       await this.#lockUser(c, userId);
+      await this.#lockRoles(c, [role]);
       await c.query('INSERT INTO user_roles (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING', [
         userId,
         role,
@@ -1114,6 +1261,499 @@ export class PostgresStorage implements Storage {
     return this.#tx(async (c) => (await this.#purge(c, now)).count);
   }
 
+  // --- roles and grants ----------------------------------------------------------------
+
+  /**
+   * Locks the custom roles among `roles` (FOR KEY SHARE, so deleteRole waits for this
+   * transaction and then sees what it granted); ROLE_NOT_FOUND for a role that is neither
+   * built in nor stored.
+   */
+  async #lockRoles(c: Client, roles: readonly string[]): Promise<void> {
+    const custom = [...new Set(roles.filter((r) => !isBuiltinRole(r)))].sort();
+    if (custom.length === 0) return;
+    const r = await c.query<{ name: string }>(
+      'SELECT name FROM roles WHERE name = ANY($1::text[]) ORDER BY name FOR KEY SHARE',
+      [custom],
+    );
+    const found = new Set(r.rows.map((row) => row.name));
+    const missing = custom.find((n) => !found.has(n));
+    if (missing !== undefined) throw roleNotFound(missing);
+  }
+
+  /** Locks the user row against removal (FOR KEY SHARE); USER_NOT_FOUND. */
+  async #userExists(c: Client, userId: string): Promise<void> {
+    const r = await c.query('SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE', [userId]);
+    if (r.rowCount === 0) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+  }
+
+  /** Locks the unit row against removal (FOR KEY SHARE); ORG_UNIT_NOT_FOUND. */
+  async #unitExists(c: Client, unitId: string): Promise<void> {
+    const r = await c.query('SELECT 1 FROM org_units WHERE id = $1 FOR KEY SHARE', [unitId]);
+    if (r.rowCount === 0) throw orgUnitNotFound(unitId);
+  }
+
+  async listRoles(): Promise<Role[]> {
+    const r = await this.#query<RoleRow>('SELECT name, permissions, created_at FROM roles', []);
+    return [...builtinRoles(), ...r.rows.map(toRole)].sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+    );
+  }
+
+  async getRole(name: string): Promise<Role | undefined> {
+    checkRoleName('name', name);
+    const builtin = builtinRole(name);
+    if (builtin) return builtin;
+    const r = await this.#query<RoleRow>('SELECT name, permissions, created_at FROM roles WHERE name = $1', [
+      name,
+    ]);
+    return r.rows[0] && toRole(r.rows[0]);
+  }
+
+  async createRole(input: { readonly name: string; readonly permissions: readonly string[] }): Promise<Role> {
+    const { name, permissions } = checkNewRole(input);
+    if (isBuiltinRole(name)) throw roleExists(name);
+    const now = this.#clock();
+    return this.#tx(async (c) => {
+      const r = await c.query(
+        'INSERT INTO roles (name, permissions, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING',
+        [name, permissions, now],
+      );
+      if (r.rowCount === 0) throw roleExists(name);
+      return { name, builtin: false, permissions, createdAt: now };
+    });
+  }
+
+  async deleteRole(name: string): Promise<void> {
+    checkRoleName('name', name);
+    if (isBuiltinRole(name)) throw new ServerError('ROLE_BUILTIN', `role ${name} is built in`);
+    await this.#tx(async (c) => {
+      // FOR UPDATE: a grant under way (holding KEY SHARE) commits first and is seen below;
+      // one that comes later waits, then finds the role gone.
+      const r = await c.query('SELECT 1 FROM roles WHERE name = $1 FOR UPDATE', [name]);
+      if (r.rowCount === 0) throw roleNotFound(name);
+      const used = await c.query(
+        `SELECT 1 WHERE EXISTS (SELECT 1 FROM user_roles WHERE role = $1)
+            OR EXISTS (SELECT 1 FROM grants WHERE role = $1)`,
+        [name],
+      );
+      if (used.rowCount !== 0) throw new ServerError('ROLE_IN_USE', `role ${name} is still granted`);
+      await c.query('DELETE FROM roles WHERE name = $1', [name]);
+    });
+  }
+
+  async addGrant(grant: Grant): Promise<void> {
+    const g = checkGrant('grant', grant);
+    await this.#tx(async (c) => {
+      if (g.scope.kind === 'global') {
+        await this.#lockUser(c, g.userId);
+        await this.#lockRoles(c, [g.role]);
+        await c.query('INSERT INTO user_roles (user_id, role) VALUES ($1, $2) ON CONFLICT DO NOTHING', [
+          g.userId,
+          g.role,
+        ]);
+        return;
+      }
+      await this.#userExists(c, g.userId);
+      await this.#lockRoles(c, [g.role]);
+      const scope = scopeColumns(g.scope);
+      if (scope.kind === 'unit') {
+        await this.#unitExists(c, scope.id);
+      } else {
+        const ch = await c.query('SELECT 1 FROM channels WHERE id = $1 FOR KEY SHARE', [scope.id]);
+        if (ch.rowCount === 0) throw channelNotFound(scope.id);
+      }
+      await c.query(
+        `INSERT INTO grants (user_id, role, scope_kind, scope_id) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING`,
+        [g.userId, g.role, scope.kind, scope.id],
+      );
+    });
+  }
+
+  async removeGrant(grant: Grant): Promise<void> {
+    const g = checkGrant('grant', grant);
+    await this.#tx(async (c) => {
+      if (g.scope.kind === 'global') {
+        await c.query('DELETE FROM user_roles WHERE user_id = $1 AND role = $2', [g.userId, g.role]);
+      } else {
+        const scope = scopeColumns(g.scope);
+        await c.query(
+          'DELETE FROM grants WHERE user_id = $1 AND role = $2 AND scope_kind = $3 AND scope_id = $4',
+          [g.userId, g.role, scope.kind, scope.id],
+        );
+      }
+    });
+  }
+
+  async listGrants(filter: { readonly userId?: string } = {}): Promise<Grant[]> {
+    const f = aobject('filter', filter);
+    const userId = f.userId === undefined ? null : checkUserId('filter.userId', f.userId);
+    const r = await this.#query<{ user_id: string; role: string; scope_kind: string; scope_id: string }>(
+      `SELECT user_id, role, scope_kind, scope_id FROM (
+         SELECT user_id, role, 'global' AS scope_kind, '' AS scope_id FROM user_roles
+           WHERE $1::text IS NULL OR user_id = $1
+         UNION ALL
+         SELECT user_id, role, scope_kind, scope_id FROM grants WHERE $1::text IS NULL OR user_id = $1
+       ) g
+       ORDER BY user_id COLLATE "C", role COLLATE "C", scope_kind COLLATE "C", scope_id COLLATE "C"`,
+      [userId],
+    );
+    // The same order as the SQL's, made exact by the shared comparison (not a collation).
+    return r.rows
+      .map((row) => grantFromColumns(row.user_id, row.role, row.scope_kind, row.scope_id))
+      .sort(compareGrants);
+  }
+
+  // --- org units -----------------------------------------------------------------------
+
+  async createOrgUnit(input: { readonly name: string; readonly parentId?: string }): Promise<OrgUnit> {
+    const { name, parentId } = checkNewOrgUnit(input);
+    const id = newId();
+    const now = this.#clock();
+    return this.#tx(async (c) => {
+      if (parentId !== undefined) await this.#unitExists(c, parentId);
+      const r = await c.query(
+        `INSERT INTO org_units (id, name, parent_id, created_at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (name) DO NOTHING`,
+        [id, name, parentId ?? null, now],
+      );
+      if (r.rowCount === 0) {
+        throw new ServerError('ORG_UNIT_EXISTS', `an org unit named ${name} already exists`);
+      }
+      return { id, name, parentId, createdAt: now };
+    });
+  }
+
+  async getOrgUnit(id: string): Promise<OrgUnit | undefined> {
+    checkHexId('id', id);
+    const r = await this.#query<OrgUnitRow>(`SELECT ${UNIT_COLUMNS} FROM org_units WHERE id = $1`, [id]);
+    return r.rows[0] && toOrgUnit(r.rows[0]);
+  }
+
+  async findOrgUnitByName(name: string): Promise<OrgUnit | undefined> {
+    checkUserName('name', name);
+    const r = await this.#query<OrgUnitRow>(`SELECT ${UNIT_COLUMNS} FROM org_units WHERE name = $1`, [name]);
+    return r.rows[0] && toOrgUnit(r.rows[0]);
+  }
+
+  async listOrgUnits(): Promise<OrgUnit[]> {
+    const r = await this.#query<OrgUnitRow>(`SELECT ${UNIT_COLUMNS} FROM org_units ORDER BY name`, []);
+    return r.rows.map(toOrgUnit);
+  }
+
+  async removeOrgUnit(id: string): Promise<void> {
+    checkHexId('id', id);
+    await this.#tx(async (c) => {
+      // FOR UPDATE: writers naming the unit hold KEY SHARE on it; those under way commit
+      // first and are seen below, later ones wait and then find it gone.
+      const r = await c.query('SELECT 1 FROM org_units WHERE id = $1 FOR UPDATE', [id]);
+      if (r.rowCount === 0) throw orgUnitNotFound(id);
+      const used = await c.query(
+        `SELECT 1 WHERE EXISTS (SELECT 1 FROM org_units WHERE parent_id = $1)
+            OR EXISTS (SELECT 1 FROM user_org_units WHERE unit_id = $1)
+            OR EXISTS (SELECT 1 FROM channels WHERE unit_id = $1)
+            OR EXISTS (SELECT 1 FROM grants WHERE scope_kind = 'unit' AND scope_id = $1)`,
+        [id],
+      );
+      if (used.rowCount !== 0) {
+        throw new ServerError(
+          'ORG_UNIT_NOT_EMPTY',
+          `org unit ${id} still has sub-units, users, channels or grants`,
+        );
+      }
+      await c.query('DELETE FROM org_units WHERE id = $1', [id]);
+    });
+  }
+
+  async addUserToOrgUnit(userId: string, unitId: string): Promise<void> {
+    checkUserId('userId', userId);
+    checkHexId('unitId', unitId);
+    await this.#tx(async (c) => {
+      await this.#userExists(c, userId);
+      await this.#unitExists(c, unitId);
+      await c.query('INSERT INTO user_org_units (user_id, unit_id) VALUES ($1, $2) ON CONFLICT DO NOTHING', [
+        userId,
+        unitId,
+      ]);
+    });
+  }
+
+  async removeUserFromOrgUnit(userId: string, unitId: string): Promise<void> {
+    checkUserId('userId', userId);
+    checkHexId('unitId', unitId);
+    await this.#tx(async (c) => {
+      await c.query('DELETE FROM user_org_units WHERE user_id = $1 AND unit_id = $2', [userId, unitId]);
+    });
+  }
+
+  async listUserOrgUnits(userId: string): Promise<string[]> {
+    checkUserId('userId', userId);
+    const r = await this.#query<{ unit_id: string }>(
+      'SELECT unit_id FROM user_org_units WHERE user_id = $1 ORDER BY unit_id COLLATE "C"',
+      [userId],
+    );
+    return r.rows.map((row) => row.unit_id);
+  }
+
+  async listOrgUnitUsers(unitId: string): Promise<string[]> {
+    checkHexId('unitId', unitId);
+    const r = await this.#query<{ user_id: string }>(
+      'SELECT user_id FROM user_org_units WHERE unit_id = $1 ORDER BY user_id COLLATE "C"',
+      [unitId],
+    );
+    return r.rows.map((row) => row.user_id);
+  }
+
+  // --- channels ------------------------------------------------------------------------
+
+  async #channelRow(c: Client, id: string): Promise<Channel> {
+    const r = await c.query<ChannelRow>(`SELECT ${CHANNEL_COLUMNS} FROM channels ch WHERE ch.id = $1`, [id]);
+    if (!r.rows[0]) throw channelNotFound(id);
+    return toChannel(r.rows[0]);
+  }
+
+  async createChannel(input: {
+    readonly id: string;
+    readonly name: string;
+    readonly unitId?: string;
+    readonly createdBy: string;
+    readonly genesis: { readonly change: Uint8Array; readonly signature: Uint8Array };
+  }): Promise<Channel> {
+    const { id, name, unitId, createdBy, genesis } = checkNewChannel(input);
+    const sealed = sealChannelLogEntry(this.#sealer, id, { seq: 0, ...genesis });
+    const now = this.#clock();
+    return this.#tx(async (c) => {
+      const taken = await c.query('SELECT 1 FROM channels WHERE id = $1 OR name = $2', [id, name]);
+      if (taken.rowCount !== 0) throw channelExists(id, name);
+      await this.#userExists(c, createdBy);
+      if (unitId !== undefined) await this.#unitExists(c, unitId);
+      // A concurrent creation of the same id or name: exactly one insert wins.
+      const r = await c.query(
+        `INSERT INTO channels (id, name, unit_id, created_by, seq, created_at) VALUES ($1, $2, $3, $4, 0, $5)
+           ON CONFLICT DO NOTHING`,
+        [id, name, unitId ?? null, createdBy, now],
+      );
+      if (r.rowCount === 0) throw channelExists(id, name);
+      await c.query('INSERT INTO channel_log (channel_id, seq, change, signature) VALUES ($1, 0, $2, $3)', [
+        id,
+        sealed.change,
+        sealed.signature,
+      ]);
+      await c.query(
+        `INSERT INTO channel_members (channel_id, user_id, role, added_seq) VALUES ($1, $2, 'manager', 0)`,
+        [id, createdBy],
+      );
+      return { id, name, unitId, createdBy, seq: 0, memberCount: 1, createdAt: now };
+    });
+  }
+
+  async getChannel(id: string): Promise<Channel | undefined> {
+    checkHexId('id', id);
+    const r = await this.#query<ChannelRow>(`SELECT ${CHANNEL_COLUMNS} FROM channels ch WHERE ch.id = $1`, [
+      id,
+    ]);
+    return r.rows[0] && toChannel(r.rows[0]);
+  }
+
+  async findChannelByName(name: string): Promise<Channel | undefined> {
+    checkUserName('name', name);
+    const r = await this.#query<ChannelRow>(`SELECT ${CHANNEL_COLUMNS} FROM channels ch WHERE ch.name = $1`, [
+      name,
+    ]);
+    return r.rows[0] && toChannel(r.rows[0]);
+  }
+
+  async listChannels(filter: { readonly memberUserId?: string } = {}): Promise<Channel[]> {
+    const member = checkListChannelsFilter(filter).memberUserId ?? null;
+    const r = await this.#query<ChannelRow>(
+      `SELECT ${CHANNEL_COLUMNS} FROM channels ch
+         WHERE $1::text IS NULL OR EXISTS (SELECT 1 FROM channel_members m WHERE m.channel_id = ch.id AND m.user_id = $1)
+         ORDER BY ch.name`,
+      [member],
+    );
+    return r.rows.map(toChannel);
+  }
+
+  async appendChannelChange(
+    channelId: string,
+    entry: ChannelLogEntry,
+    effect: ChannelEffect,
+  ): Promise<Channel> {
+    checkHexId('channelId', channelId);
+    const e = checkChannelLogEntry('entry', entry);
+    const fx = checkChannelEffect('effect', effect);
+    const sealed = sealChannelLogEntry(this.#sealer, channelId, e);
+    return this.#tx(async (c) => {
+      // The channel row lock orders appends: of two nodes appending the same seq, the second
+      // waits, then reads the first's seq and gets CHANNEL_CONFLICT.
+      const ch = await c.query<{ seq: number }>('SELECT seq FROM channels WHERE id = $1 FOR UPDATE', [
+        channelId,
+      ]);
+      const row = ch.rows[0];
+      if (!row) throw channelNotFound(channelId);
+      if (e.seq !== row.seq + 1) {
+        throw new ServerError(
+          'CHANNEL_CONFLICT',
+          `channel ${channelId} is at change ${row.seq}; change ${e.seq} does not follow it`,
+        );
+      }
+      if (fx.kind === 'add') await this.#userExists(c, fx.userId);
+      await c.query('INSERT INTO channel_log (channel_id, seq, change, signature) VALUES ($1, $2, $3, $4)', [
+        channelId,
+        e.seq,
+        sealed.change,
+        sealed.signature,
+      ]);
+      if (fx.kind === 'add') {
+        await c.query(
+          `INSERT INTO channel_members (channel_id, user_id, role, added_seq) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (channel_id, user_id) DO UPDATE SET role = EXCLUDED.role, added_seq = EXCLUDED.added_seq`,
+          [channelId, fx.userId, fx.role, e.seq],
+        );
+      } else {
+        await c.query('DELETE FROM channel_members WHERE channel_id = $1 AND user_id = $2', [
+          channelId,
+          fx.userId,
+        ]);
+        await c.query(`DELETE FROM grants WHERE user_id = $1 AND scope_kind = 'channel' AND scope_id = $2`, [
+          fx.userId,
+          channelId,
+        ]);
+      }
+      await c.query('UPDATE channels SET seq = $1 WHERE id = $2', [e.seq, channelId]);
+      return this.#channelRow(c, channelId);
+    });
+  }
+
+  async channelLog(
+    channelId: string,
+    options: { readonly afterSeq?: number; readonly limit?: number } = {},
+  ): Promise<ChannelLogEntry[]> {
+    checkHexId('channelId', channelId);
+    const { afterSeq, limit } = checkChannelLogOptions(options);
+    // One statement, one snapshot: the channel check and the page agree.
+    const r = await this.#query<{ seq: number | null; change: Uint8Array; signature: Uint8Array }>(
+      `SELECT l.seq, l.change, l.signature FROM channels ch
+         LEFT JOIN channel_log l ON l.channel_id = ch.id AND l.seq > $2
+         WHERE ch.id = $1 ORDER BY l.seq LIMIT $3`,
+      [channelId, afterSeq, limit],
+    );
+    if (r.rows.length === 0) throw channelNotFound(channelId);
+    return r.rows
+      .filter((row): row is ChannelLogRow & { seq: number } => row.seq !== null)
+      .map((row) => openChannelLogEntry(this.#sealer, channelId, row));
+  }
+
+  async channelMembers(channelId: string): Promise<ChannelMembership[]> {
+    checkHexId('channelId', channelId);
+    // One statement, one snapshot: the channel check and the list agree.
+    const r = await this.#query<{ user_id: string | null; role: 'member' | 'manager'; added_seq: number }>(
+      `SELECT m.user_id, m.role, m.added_seq FROM channels ch
+         LEFT JOIN channel_members m ON m.channel_id = ch.id
+         WHERE ch.id = $1 ORDER BY m.user_id COLLATE "C"`,
+      [channelId],
+    );
+    if (r.rows.length === 0) throw channelNotFound(channelId);
+    return r.rows
+      .filter((row) => row.user_id !== null)
+      .map((row) => ({ userId: row.user_id as string, role: row.role, addedSeq: row.added_seq }));
+  }
+
+  async channelMembership(channelId: string, userId: string): Promise<ChannelMembership | undefined> {
+    checkHexId('channelId', channelId);
+    checkUserId('userId', userId);
+    const r = await this.#query<{ role: 'member' | 'manager'; added_seq: number }>(
+      'SELECT role, added_seq FROM channel_members WHERE channel_id = $1 AND user_id = $2',
+      [channelId, userId],
+    );
+    const row = r.rows[0];
+    return row && { userId, role: row.role, addedSeq: row.added_seq };
+  }
+
+  async removeChannel(id: string): Promise<void> {
+    checkHexId('id', id);
+    await this.#tx(async (c) => {
+      // Deleting the row locks it first: appends and grants naming it wait, then find it gone.
+      const r = await c.query('DELETE FROM channels WHERE id = $1', [id]);
+      if (r.rowCount === 0) throw channelNotFound(id);
+      await c.query(`DELETE FROM grants WHERE scope_kind = 'channel' AND scope_id = $1`, [id]);
+    });
+  }
+
+  // --- audit log -----------------------------------------------------------------------
+
+  async appendAudit(entry: AuditEntry): Promise<AuditRecord> {
+    const checked = checkAuditEntry(entry);
+    return this.#tx(async (c) => {
+      // One append at a time across every node: the lock is held to commit, and each
+      // statement after it sees the previous append's rows.
+      await c.query('SELECT pg_advisory_xact_lock($1)', [AUDIT_LOCK_KEY]);
+      const last = await c.query<{ seq: number; hash: string }>(
+        'SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1',
+      );
+      const head = await c.query<{ seq: number; hash: string }>(
+        'SELECT seq, hash FROM audit_head WHERE id = 1',
+      );
+      // Chain after the later of the last row and the signed head: if records were cut
+      // from the end, the next append leaves the gap visible instead of re-signing over it.
+      let prev: { seq: number; hash: string } | undefined = last.rows[0];
+      const h = head.rows[0];
+      if (h && h.seq > 0 && (prev === undefined || h.seq > prev.seq)) prev = h;
+      const { record, bytes } = chainAuditRecord(prev, checked);
+      await c.query('INSERT INTO audit_log (seq, at, hash, record) VALUES ($1, $2, $3, $4)', [
+        record.seq,
+        record.at,
+        record.hash,
+        sealAuditRecord(this.#sealer, bytes),
+      ]);
+      const signature = signAuditHead(this.#auditSeed, record.seq, record.hash);
+      await c.query(
+        `INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, $1, $2, $3)
+           ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, signature = EXCLUDED.signature`,
+        [record.seq, record.hash, signature],
+      );
+      return record;
+    });
+  }
+
+  async listAudit(
+    options: { readonly afterSeq?: number; readonly since?: number; readonly limit?: number } = {},
+  ): Promise<AuditRecord[]> {
+    const { afterSeq, since, limit } = checkAuditListOptions(options);
+    const r = await this.#query<{ seq: number; record: Buffer }>(
+      'SELECT seq, record FROM audit_log WHERE seq > $1 AND at >= $2 ORDER BY seq LIMIT $3',
+      [afterSeq, since, limit],
+    );
+    return r.rows.map((row) => auditRecordFromBytes(row.seq, openAuditRecord(this.#sealer, row.record)));
+  }
+
+  async verifyAudit(): Promise<AuditVerification> {
+    const publicKey = auditPublicKey(this.#auditSeed);
+    const { rows, head } = await this.#tx(async (c) => {
+      // One snapshot for the rows and the head, so a concurrent append is not "inserted".
+      await c.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY');
+      const r = await c.query<{ seq: number; hash: string; record: Buffer }>(
+        'SELECT seq, hash, record FROM audit_log ORDER BY seq',
+      );
+      const h = await c.query<{ seq: number; hash: string; signature: Buffer }>(
+        'SELECT seq, hash, signature FROM audit_head WHERE id = 1',
+      );
+      return { rows: r.rows, head: h.rows[0] };
+    });
+    const stored = rows.map(
+      (row): StoredAuditRow => ({
+        seq: row.seq,
+        hash: row.hash,
+        bytes: tryOpenAuditRecord(this.#sealer, row.record),
+      }),
+    );
+    return verifyAuditRows(
+      stored,
+      head && { seq: head.seq, hash: head.hash, signature: new Uint8Array(head.signature) },
+      publicKey,
+    );
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -1122,5 +1762,6 @@ export class PostgresStorage implements Storage {
     await this.#pool.end().catch(() => undefined);
     this.#sealer.destroy();
     this.#lookupKey.fill(0);
+    this.#auditSeed.fill(0);
   }
 }

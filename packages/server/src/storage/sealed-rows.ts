@@ -9,9 +9,11 @@
  * call the same functions.
  */
 import { hmacSha256 } from '@qalqon/crypto';
+import { auditRecordRef, parseAuditRecordBytes } from '../audit/chain.js';
+import { ServerError } from '../errors.js';
 import { publicRandomBytes } from '../random-pool.js';
 import type { FieldRef, FieldSealer } from './field-sealer.js';
-import type { Device, Envelope, NewDevice, NewEnvelope } from './types.js';
+import type { AuditRecord, ChannelLogEntry, Device, Envelope, NewDevice, NewEnvelope } from './types.js';
 
 const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
 
@@ -156,4 +158,78 @@ export function openEnvelope(sealer: FieldSealer, row: EnvelopeRow): Envelope {
     createdAt: row.created_at,
     body: sealer.open(envelopeBodyRef(row.id), row.body),
   };
+}
+
+// --- channels and the audit log (issue 5) --------------------------------------------------
+
+/** The row identity of a channel log entry: `<channelId>/<seq>`. */
+export function channelLogRowId(channelId: string, seq: number): string {
+  return `${channelId}/${seq}`;
+}
+
+export function channelLogRef(channelId: string, seq: number, column: 'change' | 'signature'): FieldRef {
+  return ref('channel_log', column, channelLogRowId(channelId, seq));
+}
+
+/** A channel log entry's sealed columns, as both backends store them. */
+export interface SealedChannelLogFields {
+  readonly change: Uint8Array;
+  readonly signature: Uint8Array;
+}
+
+export function sealChannelLogEntry(
+  sealer: FieldSealer,
+  channelId: string,
+  entry: ChannelLogEntry,
+): SealedChannelLogFields {
+  return {
+    change: sealer.seal(channelLogRef(channelId, entry.seq, 'change'), entry.change),
+    signature: sealer.seal(channelLogRef(channelId, entry.seq, 'signature'), entry.signature),
+  };
+}
+
+/** A channel log row as both backends read it. */
+export interface ChannelLogRow extends SealedChannelLogFields {
+  readonly seq: number;
+}
+
+export function openChannelLogEntry(
+  sealer: FieldSealer,
+  channelId: string,
+  row: ChannelLogRow,
+): ChannelLogEntry {
+  return {
+    seq: row.seq,
+    change: sealer.open(channelLogRef(channelId, row.seq, 'change'), row.change),
+    signature: sealer.open(channelLogRef(channelId, row.seq, 'signature'), row.signature),
+  };
+}
+
+/** An audit record's canonical bytes, sealed as both backends store them (audit/chain.ts). */
+export function sealAuditRecord(sealer: FieldSealer, recordBytes: Uint8Array): Uint8Array {
+  return sealer.seal(auditRecordRef(), recordBytes);
+}
+
+/** Opens a stored audit record; UNSEAL_FAILED when it does not authenticate. */
+export function openAuditRecord(sealer: FieldSealer, sealed: Uint8Array): Uint8Array {
+  return sealer.open(auditRecordRef(), sealed);
+}
+
+/** Opens a stored audit record for verification: undefined (never an error) when it does not open. */
+export function tryOpenAuditRecord(sealer: FieldSealer, sealed: Uint8Array): Uint8Array | undefined {
+  try {
+    return sealer.open(auditRecordRef(), sealed);
+  } catch (err) {
+    if (err instanceof ServerError && err.code === 'UNSEAL_FAILED') return undefined;
+    throw err;
+  }
+}
+
+/** A listed audit record from its opened bytes; a record that is not one is UNSEAL_FAILED. */
+export function auditRecordFromBytes(seq: number, bytes: Uint8Array): AuditRecord {
+  const record = parseAuditRecordBytes(bytes);
+  if (record === undefined) {
+    throw new ServerError('UNSEAL_FAILED', `audit record ${seq} is not a record`);
+  }
+  return record;
 }

@@ -90,4 +90,88 @@ CREATE INDEX envelopes_created ON envelopes(created_at);
 ALTER TABLE devices ADD COLUMN auth_key BLOB;
 `,
   },
+  {
+    version: 3,
+    name: 'roles, grants, org units, channels, audit log',
+    sql: `
+-- Custom roles only: the built-in ones are code (@qalqon/wire BUILTIN_ROLES).
+CREATE TABLE roles (
+  name TEXT PRIMARY KEY,
+  permissions TEXT NOT NULL,                -- JSON array, sorted and distinct
+  created_at INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE org_units (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  parent_id TEXT REFERENCES org_units(id),
+  created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX org_units_parent ON org_units(parent_id);
+
+CREATE TABLE user_org_units (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  unit_id TEXT NOT NULL REFERENCES org_units(id),
+  PRIMARY KEY (user_id, unit_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX user_org_units_unit ON user_org_units(unit_id, user_id);
+
+CREATE TABLE channels (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  unit_id TEXT REFERENCES org_units(id),
+  created_by TEXT NOT NULL,                 -- not a reference: the creator may be removed later
+  seq INTEGER NOT NULL,                     -- the seq of the last log entry
+  created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX channels_unit ON channels(unit_id);
+
+CREATE TABLE channel_members (
+  channel_id TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  role TEXT NOT NULL CHECK (role IN ('member', 'manager')),
+  added_seq INTEGER NOT NULL,
+  PRIMARY KEY (channel_id, user_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX channel_members_user ON channel_members(user_id, channel_id);
+
+-- The signed membership log, stored as received.
+CREATE TABLE channel_log (
+  channel_id TEXT NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+  seq INTEGER NOT NULL,
+  change BLOB NOT NULL,                     -- sealed (row id: <channel>/<seq>)
+  signature BLOB NOT NULL,                  -- sealed (row id: <channel>/<seq>)
+  PRIMARY KEY (channel_id, seq)
+) STRICT, WITHOUT ROWID;
+
+-- Unit and channel grants; global grants are user_roles.
+CREATE TABLE grants (
+  user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  role TEXT NOT NULL,
+  scope_kind TEXT NOT NULL CHECK (scope_kind IN ('unit', 'channel')),
+  scope_id TEXT NOT NULL,
+  PRIMARY KEY (user_id, role, scope_kind, scope_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX grants_scope ON grants(scope_kind, scope_id);
+CREATE INDEX grants_role ON grants(role);
+CREATE INDEX user_roles_role ON user_roles(role);
+
+-- The audit hash chain (audit/chain.ts): seq, time and hash in the clear, the record sealed.
+CREATE TABLE audit_log (
+  seq INTEGER PRIMARY KEY,
+  at INTEGER NOT NULL,
+  hash TEXT NOT NULL,                       -- hex SHA-256 of the canonical record bytes
+  record BLOB NOT NULL                      -- sealed (auditRecordRef())
+) STRICT;
+CREATE INDEX audit_log_at ON audit_log(at);
+
+-- The last record's seq and hash, signed with the audit key after every append.
+CREATE TABLE audit_head (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  seq INTEGER NOT NULL,
+  hash TEXT NOT NULL,
+  signature BLOB NOT NULL
+) STRICT;
+`,
+  },
 ];

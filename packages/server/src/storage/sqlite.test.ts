@@ -9,14 +9,23 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { AUDIT_SIGNING_DEK, auditHash, parseAuditRecordBytes } from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import { DEK_FILE, DekRegistry, rotateKek } from '../kms/dek-registry.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
-import { runStorageConformance } from './conformance.js';
-import { DATABASE_FILE, openEmbeddedStorage } from './embedded.js';
+import { type AuditTamper, runStorageConformance } from './conformance.js';
+import {
+  DATABASE_DEK,
+  DATABASE_FILE,
+  FIELD_DEK,
+  FIELD_DEK_GENERATION,
+  LOOKUP_DEK,
+  openEmbeddedStorage,
+} from './embedded.js';
 import { FieldSealer } from './field-sealer.js';
 import { migrate } from './migrations.js';
-import { openSqlcipher } from './sqlcipher.js';
+import { sealAuditRecord } from './sealed-rows.js';
+import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
 import { SqliteStorage } from './sqlite.js';
 import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
 import type { NewDevice } from './types.js';
@@ -31,6 +40,79 @@ afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
+/** Opens the data directory's database directly, as an attacker holding the keys could. */
+async function rawAccess(dataDir: string, kms: LocalKms) {
+  const registry = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
+  const databaseKey = await registry.get(DATABASE_DEK);
+  const fieldKey = await registry.get(FIELD_DEK);
+  const sealer = new FieldSealer(new Map([[FIELD_DEK_GENERATION, fieldKey]]), FIELD_DEK_GENERATION);
+  const db = openSqlcipher(join(dataDir, DATABASE_FILE), databaseKey);
+  databaseKey.fill(0);
+  fieldKey.fill(0);
+  return {
+    db,
+    sealer,
+    close() {
+      db.close();
+      sealer.destroy();
+    },
+  };
+}
+
+/** The conformance suite's tamper operations, as direct writes to the SQLCipher file. */
+function sqliteAuditTamper(dataDir: string, kms: LocalKms): AuditTamper {
+  const withDb = async (fn: (db: SqliteDatabase, sealer: FieldSealer) => void) => {
+    const raw = await rawAccess(dataDir, kms);
+    try {
+      raw.db.transaction(() => fn(raw.db, raw.sealer)).immediate();
+    } finally {
+      raw.close();
+    }
+  };
+  const one = (changes: number) => expect(changes).toBe(1);
+  return {
+    deleteRow: (seq) =>
+      withDb((db) => one(db.prepare('DELETE FROM audit_log WHERE seq = ?').run(seq).changes)),
+    swapSeqs: (a, b) =>
+      withDb((db) => {
+        const move = db.prepare('UPDATE audit_log SET seq = ? WHERE seq = ?');
+        one(move.run(-1, a).changes);
+        one(move.run(a, b).changes);
+        one(move.run(b, -1).changes);
+      }),
+    corruptRecord: (seq) =>
+      withDb((db) => {
+        const rec = db.prepare('SELECT record FROM audit_log WHERE seq = ?').pluck().get(seq) as Buffer;
+        const bad = Buffer.from(rec);
+        bad[bad.length - 5]! ^= 0x40;
+        one(db.prepare('UPDATE audit_log SET record = ? WHERE seq = ?').run(bad, seq).changes);
+      }),
+    setHash: (seq, hex) =>
+      withDb((db) => one(db.prepare('UPDATE audit_log SET hash = ? WHERE seq = ?').run(hex, seq).changes)),
+    putRecord: (seq, bytes, options) =>
+      withDb((db, sealer) => {
+        if (options?.shift) {
+          // Two steps, so no intermediate state has two rows on one seq.
+          db.prepare('UPDATE audit_log SET seq = -(seq + 1) WHERE seq >= ?').run(seq);
+          db.prepare('UPDATE audit_log SET seq = -seq WHERE seq < 0').run();
+        }
+        db.prepare('INSERT OR REPLACE INTO audit_log (seq, at, hash, record) VALUES (?, ?, ?, ?)').run(
+          seq,
+          parseAuditRecordBytes(bytes)?.at ?? 0,
+          auditHash(bytes),
+          sealAuditRecord(sealer, bytes),
+        );
+      }),
+    deleteHead: () => withDb((db) => one(db.prepare('DELETE FROM audit_head').run().changes)),
+    corruptHeadSignature: () =>
+      withDb((db) => {
+        const sig = Buffer.from(db.prepare('SELECT signature FROM audit_head').pluck().get() as Buffer);
+        sig[10]! ^= 0x01;
+        one(db.prepare('UPDATE audit_head SET signature = ?').run(sig).changes);
+      }),
+  };
+}
+
 runStorageConformance('embedded SQLCipher', async ({ clock, limits }) => {
   const dataDir = mkdtempSync(join(tmpdir(), 'qalqon-conf-'));
   const kms = await LocalKms.create(join(dataDir, LOCAL_KMS_FILE));
@@ -43,6 +125,7 @@ runStorageConformance('embedded SQLCipher', async ({ clock, limits }) => {
       await kms.close();
       rmSync(dataDir, { recursive: true, force: true });
     },
+    auditTamper: sqliteAuditTamper(dataDir, kms),
   };
 });
 
@@ -140,6 +223,7 @@ describe('the SQLCipher file', () => {
         path: join(dataDir, DATABASE_FILE),
         databaseKey: wrong,
         lookupKey: new Uint8Array(32),
+        auditKey: new Uint8Array(32),
         sealer: new FieldSealer(new Map([[1, new Uint8Array(32)]]), 1),
       }),
     );
@@ -199,7 +283,7 @@ describe('the SQLCipher file', () => {
     const registry = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
     const { activeKeyId, rewrapped } = await rotateKek(kms, registry);
     expect(activeKeyId).not.toBe(oldKeyId);
-    expect(rewrapped).toBe(3);
+    expect(rewrapped).toBe(4);
     await kms.destroy(oldKeyId);
     await kms.close();
     // The database itself was not touched.
@@ -212,6 +296,119 @@ describe('the SQLCipher file', () => {
     expect(new TextDecoder().decode(e?.body)).toBe('body-rotate');
     await reopened.close();
     await kms2.close();
+  });
+});
+
+describe('channels and the audit log at rest', () => {
+  it('hold no audit actor or target and no channel change bytes in the clear, in the file or its rows', async () => {
+    const marker = randomBytes(8).toString('hex');
+    const { dataDir, kms, storage, user } = await populated(`at-rest-${marker}`);
+    await storage.appendAudit({
+      at: Date.now(),
+      actor: { kind: 'anonymous', address: `addr-${marker}` },
+      action: 'login.failure',
+      target: `target-${marker}`,
+      outcome: 'denied',
+      detail: { reason: `detail-${marker}` },
+    });
+    const channelId = randomBytes(16).toString('hex');
+    const change = new TextEncoder().encode(`change-${marker}`);
+    const signature = new Uint8Array(64).fill(0x5a);
+    await storage.createChannel({
+      id: channelId,
+      name: 'ops',
+      createdBy: user.id,
+      genesis: { change, signature },
+    });
+    const wal = readFileSync(join(dataDir, `${DATABASE_FILE}-wal`));
+    await storage.close();
+    const file = readFileSync(join(dataDir, DATABASE_FILE));
+    const secrets = [`addr-${marker}`, `target-${marker}`, `detail-${marker}`, `change-${marker}`];
+    for (const bytes of [file, wal]) {
+      for (const secret of secrets) expect(bytes.includes(secret), secret).toBe(false);
+      expect(bytes.includes(Buffer.from(signature))).toBe(false);
+    }
+    // Inside the decrypted database the records and changes are still ciphertext.
+    const raw = await rawAccess(dataDir, kms);
+    const rows = [
+      ...(raw.db.prepare('SELECT record FROM audit_log').pluck().all() as Buffer[]),
+      ...(raw.db.prepare('SELECT change FROM channel_log').pluck().all() as Buffer[]),
+      ...(raw.db.prepare('SELECT signature FROM channel_log').pluck().all() as Buffer[]),
+    ];
+    expect(rows).toHaveLength(3);
+    for (const row of rows) {
+      for (const secret of secrets) expect(row.includes(secret), secret).toBe(false);
+      expect(row.includes(Buffer.from(signature))).toBe(false);
+    }
+    // ...which opens only under its own row identity: a change moved to the audit log does not.
+    raw.db.prepare('UPDATE audit_log SET record = ?').run(rows[1]);
+    raw.close();
+    const reopened = await openEmbeddedStorage({ dataDir, kms });
+    expect(((await catchError(reopened.listAudit())) as ServerError).code).toBe('UNSEAL_FAILED');
+    expect(await reopened.verifyAudit()).toMatchObject({ ok: false, problem: 'edited', seq: 1 });
+    const [entry] = await reopened.channelLog(channelId);
+    expect(entry?.change).toEqual(change);
+    await reopened.close();
+    await kms.close();
+  });
+
+  it('a data directory from before the audit log gets its signing key on the next start', async () => {
+    const dataDir = tempDir();
+    const kms = await LocalKms.create(join(dataDir, LOCAL_KMS_FILE));
+    // Lay out the directory as the previous release did: three DEKs and the database.
+    const registry = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
+    const databaseKey = await registry.getOrCreate(DATABASE_DEK);
+    const fieldKey = await registry.getOrCreate(FIELD_DEK);
+    const lookupKey = await registry.getOrCreate(LOOKUP_DEK);
+    const old = openSqlcipher(join(dataDir, DATABASE_FILE), databaseKey);
+    migrate(old, SQLITE_MIGRATIONS.slice(0, 2), Date.now);
+    old.close();
+    for (const k of [databaseKey, fieldKey, lookupKey]) k.fill(0);
+    expect(registry.has(AUDIT_SIGNING_DEK)).toBe(false);
+
+    const storage = await openEmbeddedStorage({ dataDir, kms });
+    const record = await storage.appendAudit({
+      at: 1,
+      actor: { kind: 'server' },
+      action: 'backup',
+      target: 'server',
+      outcome: 'ok',
+    });
+    expect(record.seq).toBe(1);
+    await storage.close();
+    const after = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
+    expect(after.has(AUDIT_SIGNING_DEK)).toBe(true);
+    // The key persisted: the head signed at the first start verifies at the next.
+    const again = await openEmbeddedStorage({ dataDir, kms });
+    expect(await again.verifyAudit()).toEqual({ ok: true, records: 1, head: { seq: 1, hash: record.hash } });
+    await again.close();
+    await kms.close();
+  });
+
+  it('a head signed with another audit key fails verification', async () => {
+    const { dataDir, kms, storage } = await populated('other-key');
+    await storage.appendAudit({
+      at: 1,
+      actor: { kind: 'server' },
+      action: 'backup',
+      target: 'x',
+      outcome: 'ok',
+    });
+    await storage.close();
+    const registry = await DekRegistry.open(join(dataDir, DEK_FILE), kms);
+    const databaseKey = await registry.get(DATABASE_DEK);
+    const fieldKey = await registry.get(FIELD_DEK);
+    const lookupKey = await registry.get(LOOKUP_DEK);
+    const other = await SqliteStorage.open({
+      path: join(dataDir, DATABASE_FILE),
+      databaseKey,
+      lookupKey,
+      auditKey: new Uint8Array(randomBytes(32)),
+      sealer: new FieldSealer(new Map([[FIELD_DEK_GENERATION, fieldKey]]), FIELD_DEK_GENERATION),
+    });
+    expect(await other.verifyAudit()).toMatchObject({ ok: false, problem: 'head-signature', seq: 1 });
+    await other.close();
+    await kms.close();
   });
 });
 

@@ -20,51 +20,95 @@
  * their call order; reads never see a queued write, whose promise has not resolved yet.
  */
 import type Database from 'better-sqlite3-multiple-ciphers';
+import {
+  auditPublicKey,
+  chainAuditRecord,
+  checkAuditEntry,
+  type StoredAuditRow,
+  signAuditHead,
+  verifyAuditRows,
+} from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
 import type { FieldSealer } from './field-sealer.js';
 import {
+  builtinRole,
+  builtinRoles,
+  checkAuditKey,
+  checkAuditListOptions,
+  checkChannelEffect,
+  checkChannelLogEntry,
+  checkChannelLogOptions,
   checkDeviceId,
   checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
+  checkGrant,
+  checkHexId,
   checkLimits,
+  checkListChannelsFilter,
+  checkNewChannel,
   checkNewDevice,
   checkNewEnrolmentCode,
+  checkNewOrgUnit,
+  checkNewRole,
   checkOneTimePrekeys,
+  checkRoleName,
   checkRoles,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
+  compareGrants,
   DEFAULT_FETCH,
   enrolmentCodeInvalid,
   fitsQueueLimits,
+  grantFromColumns,
   MAX_FETCH,
+  parsePermissionsJson,
+  permissionsJson,
+  scopeColumns,
 } from './input.js';
 import { migrate } from './migrations.js';
 import {
+  auditRecordFromBytes,
+  type ChannelLogRow,
   deviceRowId,
   type EnvelopeRow,
   enrolmentCodeHash,
   envelopeBodyRef,
   newId,
+  openAuditRecord,
+  openChannelLogEntry,
   openDevice,
   openEnvelope,
   ref,
+  sealAuditRecord,
+  sealChannelLogEntry,
   sealDeviceFields,
+  tryOpenAuditRecord,
 } from './sealed-rows.js';
 import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
 import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
 import {
+  type AuditEntry,
+  type AuditRecord,
+  type AuditVerification,
+  type Channel,
+  type ChannelEffect,
+  type ChannelLogEntry,
+  type ChannelMembership,
   DEFAULT_LIMITS,
   type Device,
   type Envelope,
   type EnvelopeReceipt,
+  type Grant,
   type MailboxStats,
   type NewDevice,
   type NewEnvelope,
   type OneTimePrekey,
+  type OrgUnit,
   type PrekeyBundle,
+  type Role,
   type SignedPrekey,
   type Storage,
   type StorageLimits,
@@ -80,6 +124,8 @@ export interface SqliteStorageOptions {
   readonly sealer: FieldSealer;
   /** 32-byte HMAC key for enrolment-code hashes, so a stolen table cannot be brute-forced offline. */
   readonly lookupKey: Uint8Array;
+  /** The 32-byte Ed25519 seed that signs the audit log's head (the `audit-signing` DEK). */
+  readonly auditKey: Uint8Array;
   readonly limits?: Partial<StorageLimits>;
   /** Milliseconds since the epoch; injectable for tests. */
   readonly clock?: () => number;
@@ -115,6 +161,66 @@ interface DeviceRow {
 const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
   WHERE o.user_id = d.user_id AND o.device_id = d.device_id) AS otpk_count`;
 
+interface RoleRow {
+  name: string;
+  permissions: string;
+  created_at: number;
+}
+
+function toRole(row: RoleRow): Role {
+  return {
+    name: row.name,
+    builtin: false,
+    permissions: parsePermissionsJson(row.permissions),
+    createdAt: row.created_at,
+  };
+}
+
+interface OrgUnitRow {
+  id: string;
+  name: string;
+  parent_id: string | null;
+  created_at: number;
+}
+
+function toOrgUnit(row: OrgUnitRow): OrgUnit {
+  return { id: row.id, name: row.name, parentId: row.parent_id ?? undefined, createdAt: row.created_at };
+}
+
+interface ChannelRow {
+  id: string;
+  name: string;
+  unit_id: string | null;
+  created_by: string;
+  seq: number;
+  created_at: number;
+  member_count: number;
+}
+
+const CHANNEL_COLUMNS = `c.*, (SELECT count(*) FROM channel_members m WHERE m.channel_id = c.id) AS member_count`;
+
+function toChannel(row: ChannelRow): Channel {
+  return {
+    id: row.id,
+    name: row.name,
+    unitId: row.unit_id ?? undefined,
+    createdBy: row.created_by,
+    seq: row.seq,
+    memberCount: row.member_count,
+    createdAt: row.created_at,
+  };
+}
+
+interface MemberRow {
+  user_id: string;
+  role: 'member' | 'manager';
+  added_seq: number;
+}
+
+function toMembership(row: MemberRow): ChannelMembership {
+  return { userId: row.user_id, role: row.role, addedSeq: row.added_seq };
+}
+
 type Statement = Database.Statement;
 
 /** A mailbox write waiting for the next group commit. */
@@ -136,6 +242,8 @@ export class SqliteStorage implements Storage {
   readonly #statements = new Map<string, Statement>();
   readonly #sealer: FieldSealer;
   readonly #lookupKey: Uint8Array;
+  /** The audit signing key's 32-byte Ed25519 seed (our copy; zeroed on close). */
+  readonly #auditKey: Uint8Array;
   readonly #limits: StorageLimits;
   readonly #clock: () => number;
   #closed = false;
@@ -156,6 +264,7 @@ export class SqliteStorage implements Storage {
     this.#db = db;
     this.#sealer = o.sealer;
     this.#lookupKey = Uint8Array.from(o.lookupKey);
+    this.#auditKey = Uint8Array.from(o.auditKey);
     this.#limits = limits;
     this.#clock = clock;
     this.#savepoint = db.transaction((job: GroupJob, conn: SqliteDatabase) => job.run(conn));
@@ -182,6 +291,7 @@ export class SqliteStorage implements Storage {
     astring('options.path', o.path, 1, 4096);
     abytes('options.databaseKey', o.databaseKey, 32);
     abytes('options.lookupKey', o.lookupKey, 32);
+    checkAuditKey('options.auditKey', o.auditKey);
     if (typeof o.sealer?.seal !== 'function') {
       throw new ServerError('INVALID_ARGUMENT', '"options.sealer" expected FieldSealer');
     }
@@ -224,6 +334,12 @@ export class SqliteStorage implements Storage {
     // Writes keep their call order: queued mailbox writes go first.
     if (this.#group.length > 0) this.#commitGroup();
     return db.transaction(() => fn(db)).immediate();
+  }
+
+  /** Runs `fn` in a read transaction: its reads see one snapshot of the database. */
+  #read<T>(fn: (db: SqliteDatabase) => T): T {
+    const db = this.#conn();
+    return db.transaction(() => fn(db)).deferred();
   }
 
   /**
@@ -293,6 +409,7 @@ export class SqliteStorage implements Storage {
       if (this.#prep(db, 'SELECT 1 FROM users WHERE name = ?').get(name)) {
         throw new ServerError('USER_EXISTS', `a user named ${name} already exists`);
       }
+      for (const r of roles) this.#roleExists(db, r);
       const id = newId();
       this.#prep(db, 'INSERT INTO users (id, name, created_at) VALUES (?, ?, ?)').run(
         id,
@@ -339,6 +456,7 @@ export class SqliteStorage implements Storage {
     checkUserName('role', role);
     this.#tx((db) => {
       this.#userRow(db, userId);
+      this.#roleExists(db, role);
       this.#prep(db, 'INSERT OR IGNORE INTO user_roles (user_id, role) VALUES (?, ?)').run(userId, role);
     });
   }
@@ -838,6 +956,455 @@ export class SqliteStorage implements Storage {
     return this.#tx((db) => this.#purge(db, now));
   }
 
+  // --- roles and grants ----------------------------------------------------------------
+
+  /** The role, built-in or stored, or undefined. */
+  #role(db: SqliteDatabase, name: string): Role | undefined {
+    const builtin = builtinRole(name);
+    if (builtin) return builtin;
+    const row = this.#prep(db, 'SELECT name, permissions, created_at FROM roles WHERE name = ?').get(name) as
+      | RoleRow
+      | undefined;
+    return row && toRole(row);
+  }
+
+  /** Throws ROLE_NOT_FOUND unless the role exists. */
+  #roleExists(db: SqliteDatabase, name: string): void {
+    if (!this.#role(db, name)) throw new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
+  }
+
+  #unitExists(db: SqliteDatabase, unitId: string): void {
+    if (!this.#prep(db, 'SELECT 1 FROM org_units WHERE id = ?').get(unitId)) {
+      throw new ServerError('ORG_UNIT_NOT_FOUND', `no org unit with id ${unitId}`);
+    }
+  }
+
+  #channelRow(db: SqliteDatabase, channelId: string): ChannelRow {
+    const row = this.#prep(db, `SELECT ${CHANNEL_COLUMNS} FROM channels c WHERE c.id = ?`).get(channelId) as
+      | ChannelRow
+      | undefined;
+    if (!row) throw new ServerError('CHANNEL_NOT_FOUND', `no channel with id ${channelId}`);
+    return row;
+  }
+
+  async listRoles(): Promise<Role[]> {
+    const db = this.#conn();
+    const rows = this.#prep(db, 'SELECT name, permissions, created_at FROM roles').all() as RoleRow[];
+    return [...builtinRoles(), ...rows.map(toRole)].sort((a, b) =>
+      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
+    );
+  }
+
+  async getRole(name: string): Promise<Role | undefined> {
+    checkRoleName('name', name);
+    return this.#role(this.#conn(), name);
+  }
+
+  async createRole(input: { readonly name: string; readonly permissions: readonly string[] }): Promise<Role> {
+    const { name, permissions } = checkNewRole(input);
+    if (builtinRole(name)) throw new ServerError('ROLE_EXISTS', `${name} is a built-in role`);
+    const now = this.#clock();
+    return this.#tx((db) => {
+      if (this.#prep(db, 'SELECT 1 FROM roles WHERE name = ?').get(name)) {
+        throw new ServerError('ROLE_EXISTS', `a role named ${name} already exists`);
+      }
+      this.#prep(db, 'INSERT INTO roles (name, permissions, created_at) VALUES (?, ?, ?)').run(
+        name,
+        permissionsJson(permissions),
+        now,
+      );
+      return { name, builtin: false, permissions, createdAt: now };
+    });
+  }
+
+  async deleteRole(name: string): Promise<void> {
+    checkRoleName('name', name);
+    if (builtinRole(name)) throw new ServerError('ROLE_BUILTIN', `${name} is a built-in role`);
+    this.#tx((db) => {
+      if (!this.#prep(db, 'SELECT 1 FROM roles WHERE name = ?').get(name)) {
+        throw new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
+      }
+      if (
+        this.#prep(db, 'SELECT 1 FROM user_roles WHERE role = ? LIMIT 1').get(name) ||
+        this.#prep(db, 'SELECT 1 FROM grants WHERE role = ? LIMIT 1').get(name)
+      ) {
+        throw new ServerError('ROLE_IN_USE', `role ${name} is still granted`);
+      }
+      this.#prep(db, 'DELETE FROM roles WHERE name = ?').run(name);
+    });
+  }
+
+  async addGrant(grant: Grant): Promise<void> {
+    const g = checkGrant('grant', grant);
+    this.#tx((db) => {
+      this.#userRow(db, g.userId);
+      this.#roleExists(db, g.role);
+      if (g.scope.kind === 'global') {
+        this.#prep(db, 'INSERT OR IGNORE INTO user_roles (user_id, role) VALUES (?, ?)').run(
+          g.userId,
+          g.role,
+        );
+        return;
+      }
+      const { kind, id } = scopeColumns(g.scope);
+      if (kind === 'unit') this.#unitExists(db, id);
+      else this.#channelRow(db, id);
+      this.#prep(
+        db,
+        'INSERT OR IGNORE INTO grants (user_id, role, scope_kind, scope_id) VALUES (?, ?, ?, ?)',
+      ).run(g.userId, g.role, kind, id);
+    });
+  }
+
+  async removeGrant(grant: Grant): Promise<void> {
+    const g = checkGrant('grant', grant);
+    this.#tx((db) => {
+      if (g.scope.kind === 'global') {
+        this.#prep(db, 'DELETE FROM user_roles WHERE user_id = ? AND role = ?').run(g.userId, g.role);
+        return;
+      }
+      const { kind, id } = scopeColumns(g.scope);
+      this.#prep(
+        db,
+        'DELETE FROM grants WHERE user_id = ? AND role = ? AND scope_kind = ? AND scope_id = ?',
+      ).run(g.userId, g.role, kind, id);
+    });
+  }
+
+  async listGrants(filter: { readonly userId?: string } = {}): Promise<Grant[]> {
+    const o = aobject('filter', filter);
+    const userId = o.userId === undefined ? undefined : checkUserId('filter.userId', o.userId);
+    const db = this.#conn();
+    const sql = `SELECT user_id, role, 'global' AS kind, '' AS scope_id FROM user_roles${userId ? ' WHERE user_id = ?' : ''}
+      UNION ALL SELECT user_id, role, scope_kind, scope_id FROM grants${userId ? ' WHERE user_id = ?' : ''}`;
+    const rows = (userId ? this.#prep(db, sql).all(userId, userId) : this.#prep(db, sql).all()) as {
+      user_id: string;
+      role: string;
+      kind: string;
+      scope_id: string;
+    }[];
+    return rows.map((r) => grantFromColumns(r.user_id, r.role, r.kind, r.scope_id)).sort(compareGrants);
+  }
+
+  // --- org units -----------------------------------------------------------------------
+
+  async createOrgUnit(input: { readonly name: string; readonly parentId?: string }): Promise<OrgUnit> {
+    const { name, parentId } = checkNewOrgUnit(input);
+    const now = this.#clock();
+    return this.#tx((db) => {
+      if (this.#prep(db, 'SELECT 1 FROM org_units WHERE name = ?').get(name)) {
+        throw new ServerError('ORG_UNIT_EXISTS', `an org unit named ${name} already exists`);
+      }
+      if (parentId !== undefined) this.#unitExists(db, parentId);
+      const id = newId();
+      this.#prep(db, 'INSERT INTO org_units (id, name, parent_id, created_at) VALUES (?, ?, ?, ?)').run(
+        id,
+        name,
+        parentId ?? null,
+        now,
+      );
+      return { id, name, parentId, createdAt: now };
+    });
+  }
+
+  async getOrgUnit(id: string): Promise<OrgUnit | undefined> {
+    checkHexId('id', id);
+    const row = this.#prep(this.#conn(), 'SELECT * FROM org_units WHERE id = ?').get(id) as
+      | OrgUnitRow
+      | undefined;
+    return row && toOrgUnit(row);
+  }
+
+  async findOrgUnitByName(name: string): Promise<OrgUnit | undefined> {
+    checkUserName('name', name);
+    const row = this.#prep(this.#conn(), 'SELECT * FROM org_units WHERE name = ?').get(name) as
+      | OrgUnitRow
+      | undefined;
+    return row && toOrgUnit(row);
+  }
+
+  async listOrgUnits(): Promise<OrgUnit[]> {
+    const rows = this.#prep(this.#conn(), 'SELECT * FROM org_units ORDER BY name').all() as OrgUnitRow[];
+    return rows.map(toOrgUnit);
+  }
+
+  async removeOrgUnit(id: string): Promise<void> {
+    checkHexId('id', id);
+    this.#tx((db) => {
+      this.#unitExists(db, id);
+      const inUse: [string, string][] = [
+        ['SELECT 1 FROM org_units WHERE parent_id = ? LIMIT 1', 'sub-units'],
+        ['SELECT 1 FROM user_org_units WHERE unit_id = ? LIMIT 1', 'users'],
+        ['SELECT 1 FROM channels WHERE unit_id = ? LIMIT 1', 'channels'],
+        ["SELECT 1 FROM grants WHERE scope_kind = 'unit' AND scope_id = ? LIMIT 1", 'grants'],
+      ];
+      for (const [sql, what] of inUse) {
+        if (this.#prep(db, sql).get(id)) {
+          throw new ServerError('ORG_UNIT_NOT_EMPTY', `org unit ${id} still has ${what}`);
+        }
+      }
+      this.#prep(db, 'DELETE FROM org_units WHERE id = ?').run(id);
+    });
+  }
+
+  async addUserToOrgUnit(userId: string, unitId: string): Promise<void> {
+    checkUserId('userId', userId);
+    checkHexId('unitId', unitId);
+    this.#tx((db) => {
+      this.#userRow(db, userId);
+      this.#unitExists(db, unitId);
+      this.#prep(db, 'INSERT OR IGNORE INTO user_org_units (user_id, unit_id) VALUES (?, ?)').run(
+        userId,
+        unitId,
+      );
+    });
+  }
+
+  async removeUserFromOrgUnit(userId: string, unitId: string): Promise<void> {
+    checkUserId('userId', userId);
+    checkHexId('unitId', unitId);
+    this.#tx((db) => {
+      this.#prep(db, 'DELETE FROM user_org_units WHERE user_id = ? AND unit_id = ?').run(userId, unitId);
+    });
+  }
+
+  async listUserOrgUnits(userId: string): Promise<string[]> {
+    checkUserId('userId', userId);
+    return this.#prep(this.#conn(), 'SELECT unit_id FROM user_org_units WHERE user_id = ? ORDER BY unit_id')
+      .pluck()
+      .all(userId) as string[];
+  }
+
+  async listOrgUnitUsers(unitId: string): Promise<string[]> {
+    checkHexId('unitId', unitId);
+    return this.#prep(this.#conn(), 'SELECT user_id FROM user_org_units WHERE unit_id = ? ORDER BY user_id')
+      .pluck()
+      .all(unitId) as string[];
+  }
+
+  // --- channels ------------------------------------------------------------------------
+
+  async createChannel(input: {
+    readonly id: string;
+    readonly name: string;
+    readonly unitId?: string;
+    readonly createdBy: string;
+    readonly genesis: { readonly change: Uint8Array; readonly signature: Uint8Array };
+  }): Promise<Channel> {
+    const c = checkNewChannel(input);
+    const sealed = sealChannelLogEntry(this.#sealer, c.id, { seq: 0, ...c.genesis });
+    const now = this.#clock();
+    return this.#tx((db) => {
+      if (this.#prep(db, 'SELECT 1 FROM channels WHERE id = ? OR name = ?').get(c.id, c.name)) {
+        throw new ServerError('CHANNEL_EXISTS', `a channel with id ${c.id} or name ${c.name} already exists`);
+      }
+      this.#userRow(db, c.createdBy);
+      if (c.unitId !== undefined) this.#unitExists(db, c.unitId);
+      this.#prep(
+        db,
+        'INSERT INTO channels (id, name, unit_id, created_by, seq, created_at) VALUES (?, ?, ?, ?, 0, ?)',
+      ).run(c.id, c.name, c.unitId ?? null, c.createdBy, now);
+      this.#prep(db, 'INSERT INTO channel_log (channel_id, seq, change, signature) VALUES (?, 0, ?, ?)').run(
+        c.id,
+        sealed.change,
+        sealed.signature,
+      );
+      this.#prep(
+        db,
+        "INSERT INTO channel_members (channel_id, user_id, role, added_seq) VALUES (?, ?, 'manager', 0)",
+      ).run(c.id, c.createdBy);
+      return toChannel(this.#channelRow(db, c.id));
+    });
+  }
+
+  async getChannel(id: string): Promise<Channel | undefined> {
+    checkHexId('id', id);
+    const row = this.#prep(this.#conn(), `SELECT ${CHANNEL_COLUMNS} FROM channels c WHERE c.id = ?`).get(
+      id,
+    ) as ChannelRow | undefined;
+    return row && toChannel(row);
+  }
+
+  async findChannelByName(name: string): Promise<Channel | undefined> {
+    checkUserName('name', name);
+    const row = this.#prep(this.#conn(), `SELECT ${CHANNEL_COLUMNS} FROM channels c WHERE c.name = ?`).get(
+      name,
+    ) as ChannelRow | undefined;
+    return row && toChannel(row);
+  }
+
+  async listChannels(filter: { readonly memberUserId?: string } = {}): Promise<Channel[]> {
+    const { memberUserId } = checkListChannelsFilter(filter);
+    const db = this.#conn();
+    const rows = (
+      memberUserId === undefined
+        ? this.#prep(db, `SELECT ${CHANNEL_COLUMNS} FROM channels c ORDER BY c.name`).all()
+        : this.#prep(
+            db,
+            `SELECT ${CHANNEL_COLUMNS} FROM channels c
+               WHERE c.id IN (SELECT channel_id FROM channel_members WHERE user_id = ?) ORDER BY c.name`,
+          ).all(memberUserId)
+    ) as ChannelRow[];
+    return rows.map(toChannel);
+  }
+
+  async appendChannelChange(
+    channelId: string,
+    entry: ChannelLogEntry,
+    effect: ChannelEffect,
+  ): Promise<Channel> {
+    checkHexId('channelId', channelId);
+    const e = checkChannelLogEntry('entry', entry);
+    const fx = checkChannelEffect('effect', effect);
+    const sealed = sealChannelLogEntry(this.#sealer, channelId, e);
+    return this.#tx((db) => {
+      const ch = this.#channelRow(db, channelId);
+      if (e.seq !== ch.seq + 1) {
+        throw new ServerError(
+          'CHANNEL_CONFLICT',
+          `channel ${channelId} is at seq ${ch.seq}; a change for seq ${e.seq} does not follow it`,
+        );
+      }
+      if (fx.kind === 'add') this.#userRow(db, fx.userId);
+      this.#prep(db, 'INSERT INTO channel_log (channel_id, seq, change, signature) VALUES (?, ?, ?, ?)').run(
+        channelId,
+        e.seq,
+        sealed.change,
+        sealed.signature,
+      );
+      if (fx.kind === 'add') {
+        this.#prep(
+          db,
+          `INSERT INTO channel_members (channel_id, user_id, role, added_seq) VALUES (?, ?, ?, ?)
+             ON CONFLICT (channel_id, user_id) DO UPDATE SET role = excluded.role, added_seq = excluded.added_seq`,
+        ).run(channelId, fx.userId, fx.role, e.seq);
+      } else {
+        this.#prep(db, 'DELETE FROM channel_members WHERE channel_id = ? AND user_id = ?').run(
+          channelId,
+          fx.userId,
+        );
+        this.#prep(
+          db,
+          "DELETE FROM grants WHERE user_id = ? AND scope_kind = 'channel' AND scope_id = ?",
+        ).run(fx.userId, channelId);
+      }
+      this.#prep(db, 'UPDATE channels SET seq = ? WHERE id = ?').run(e.seq, channelId);
+      return toChannel(this.#channelRow(db, channelId));
+    });
+  }
+
+  async channelLog(
+    channelId: string,
+    options: { readonly afterSeq?: number; readonly limit?: number } = {},
+  ): Promise<ChannelLogEntry[]> {
+    checkHexId('channelId', channelId);
+    const { afterSeq, limit } = checkChannelLogOptions(options);
+    return this.#read((db) => {
+      this.#channelRow(db, channelId);
+      const rows = this.#prep(
+        db,
+        'SELECT seq, change, signature FROM channel_log WHERE channel_id = ? AND seq > ? ORDER BY seq LIMIT ?',
+      ).all(channelId, afterSeq, limit) as ChannelLogRow[];
+      return rows.map((r) => openChannelLogEntry(this.#sealer, channelId, r));
+    });
+  }
+
+  async channelMembers(channelId: string): Promise<ChannelMembership[]> {
+    checkHexId('channelId', channelId);
+    return this.#read((db) => {
+      this.#channelRow(db, channelId);
+      const rows = this.#prep(
+        db,
+        'SELECT user_id, role, added_seq FROM channel_members WHERE channel_id = ? ORDER BY user_id',
+      ).all(channelId) as MemberRow[];
+      return rows.map(toMembership);
+    });
+  }
+
+  async channelMembership(channelId: string, userId: string): Promise<ChannelMembership | undefined> {
+    checkHexId('channelId', channelId);
+    checkUserId('userId', userId);
+    const row = this.#prep(
+      this.#conn(),
+      'SELECT user_id, role, added_seq FROM channel_members WHERE channel_id = ? AND user_id = ?',
+    ).get(channelId, userId) as MemberRow | undefined;
+    return row && toMembership(row);
+  }
+
+  async removeChannel(id: string): Promise<void> {
+    checkHexId('id', id);
+    this.#tx((db) => {
+      this.#channelRow(db, id);
+      this.#prep(db, "DELETE FROM grants WHERE scope_kind = 'channel' AND scope_id = ?").run(id);
+      // The log and the member table go with it (ON DELETE CASCADE).
+      this.#prep(db, 'DELETE FROM channels WHERE id = ?').run(id);
+    });
+  }
+
+  // --- audit log -----------------------------------------------------------------------
+
+  async appendAudit(entry: AuditEntry): Promise<AuditRecord> {
+    const checked = checkAuditEntry(entry);
+    return this.#tx((db) => {
+      const last = this.#prep(db, 'SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1').get() as
+        | { seq: number; hash: string }
+        | undefined;
+      const head = this.#prep(db, 'SELECT seq, hash FROM audit_head WHERE id = 1').get() as
+        | { seq: number; hash: string }
+        | undefined;
+      // Chain after the later of the last row and the signed head: if records were cut from
+      // the end, re-signing over the gap would hide it; chaining after the head keeps it visible.
+      const prev = head !== undefined && (last === undefined || head.seq > last.seq) ? head : last;
+      const { record, bytes } = chainAuditRecord(prev, checked);
+      this.#prep(db, 'INSERT INTO audit_log (seq, at, hash, record) VALUES (?, ?, ?, ?)').run(
+        record.seq,
+        record.at,
+        record.hash,
+        sealAuditRecord(this.#sealer, bytes),
+      );
+      this.#prep(
+        db,
+        `INSERT INTO audit_head (id, seq, hash, signature) VALUES (1, ?, ?, ?)
+           ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, signature = excluded.signature`,
+      ).run(record.seq, record.hash, signAuditHead(this.#auditKey, record.seq, record.hash));
+      return record;
+    });
+  }
+
+  async listAudit(
+    options: { readonly afterSeq?: number; readonly since?: number; readonly limit?: number } = {},
+  ): Promise<AuditRecord[]> {
+    const { afterSeq, since, limit } = checkAuditListOptions(options);
+    const rows = this.#prep(
+      this.#conn(),
+      'SELECT seq, record FROM audit_log WHERE seq > ? AND at >= ? ORDER BY seq LIMIT ?',
+    ).all(afterSeq, since, limit) as { seq: number; record: Uint8Array }[];
+    return rows.map((r) => auditRecordFromBytes(r.seq, openAuditRecord(this.#sealer, r.record)));
+  }
+
+  async verifyAudit(): Promise<AuditVerification> {
+    const { rows, head } = this.#read((db) => ({
+      rows: this.#prep(db, 'SELECT seq, hash, record FROM audit_log ORDER BY seq').all() as {
+        seq: number;
+        hash: string;
+        record: Uint8Array;
+      }[],
+      head: this.#prep(db, 'SELECT seq, hash, signature FROM audit_head WHERE id = 1').get() as
+        | { seq: number; hash: string; signature: Uint8Array }
+        | undefined,
+    }));
+    const stored: StoredAuditRow[] = rows.map((r) => ({
+      seq: r.seq,
+      hash: r.hash,
+      bytes: tryOpenAuditRecord(this.#sealer, r.record),
+    }));
+    return verifyAuditRows(
+      stored,
+      head && { seq: head.seq, hash: head.hash, signature: plain(head.signature) },
+      auditPublicKey(this.#auditKey),
+    );
+  }
+
   async close(): Promise<void> {
     if (this.#closed) return;
     // Queued mailbox writes were accepted before the close: commit them (or reject them) first.
@@ -846,5 +1413,6 @@ export class SqliteStorage implements Storage {
     this.#db.close();
     this.#sealer.destroy();
     this.#lookupKey.fill(0);
+    this.#auditKey.fill(0);
   }
 }

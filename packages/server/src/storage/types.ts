@@ -139,6 +139,112 @@ export const DEFAULT_LIMITS: StorageLimits = Object.freeze({
   maxEnvelopeAgeMs: 30 * 24 * 3600 * 1000,
 });
 
+// --- RBAC, org units, channels, audit (issue 5) ----------------------------------------------
+
+/**
+ * Where a grant applies. Global grants are the user's `roles` (grantRole/revokeRole);
+ * unit and channel grants live beside them. A unit grant applies to the unit's whole subtree.
+ */
+export type GrantScope =
+  | { readonly kind: 'global' }
+  | { readonly kind: 'unit'; readonly unitId: string }
+  | { readonly kind: 'channel'; readonly channelId: string };
+
+/** A role: built-in (admin, auditor, member, guest: defined in code, @qalqon/wire BUILTIN_ROLES) or custom (stored). */
+export interface Role {
+  readonly name: string;
+  readonly builtin: boolean;
+  /** Sorted, distinct, each one of @qalqon/wire PERMISSIONS. */
+  readonly permissions: readonly string[];
+  readonly createdAt: number;
+}
+
+export interface Grant {
+  readonly userId: string;
+  readonly role: string;
+  readonly scope: GrantScope;
+}
+
+export interface OrgUnit {
+  /** 32 hex digits, server-generated. */
+  readonly id: string;
+  /** Unique in the organisation, as user names. */
+  readonly name: string;
+  /** Undefined for a top-level unit. */
+  readonly parentId: string | undefined;
+  readonly createdAt: number;
+}
+
+export interface Channel {
+  /** 32 hex digits, chosen by the creating client (it is inside the signed genesis change). */
+  readonly id: string;
+  /** Unique in the organisation: a routing name like a user name. */
+  readonly name: string;
+  readonly unitId: string | undefined;
+  readonly createdBy: string;
+  /** The seq of the last change in its log (0 after creation). */
+  readonly seq: number;
+  readonly memberCount: number;
+  readonly createdAt: number;
+}
+
+export interface ChannelMembership {
+  readonly userId: string;
+  readonly role: 'member' | 'manager';
+  /** The log seq of the change that added them. */
+  readonly addedSeq: number;
+}
+
+/** One signed change of a channel's membership log, stored as received (sealed at rest). */
+export interface ChannelLogEntry {
+  readonly seq: number;
+  readonly change: Uint8Array;
+  readonly signature: Uint8Array;
+}
+
+/** How a verified change alters the member table (the service has checked the signature and rules). */
+export type ChannelEffect =
+  | { readonly kind: 'add'; readonly userId: string; readonly role: 'member' | 'manager' }
+  | { readonly kind: 'remove'; readonly userId: string };
+
+/** What is recorded about a security event. Never message content or key material. */
+export interface AuditEntry {
+  readonly at: number;
+  /** @qalqon/wire AuditActor JSON. */
+  readonly actor: Readonly<Record<string, string | number>>;
+  /** One of @qalqon/wire AUDIT_ACTIONS. */
+  readonly action: string;
+  /** What it acted on, e.g. `user:alice`. At most 256 characters. */
+  readonly target: string;
+  readonly outcome: 'ok' | 'denied' | 'failed';
+  /** Non-secret details. */
+  readonly detail?: Readonly<Record<string, string | number | boolean>> | undefined;
+}
+
+export interface AuditRecord extends AuditEntry {
+  /** 1, 2, ... with no gaps. */
+  readonly seq: number;
+  /** Hex SHA-256 of the previous record's canonical bytes; 64 zeros for the first. */
+  readonly prevHash: string;
+  /** Hex SHA-256 of this record's canonical bytes (audit/chain.ts). */
+  readonly hash: string;
+}
+
+/** The outcome of walking the audit chain (@qalqon/wire AuditVerifyResponse). */
+export type AuditVerification =
+  | {
+      readonly ok: true;
+      readonly records: number;
+      readonly head: { readonly seq: number; readonly hash: string };
+    }
+  | {
+      readonly ok: false;
+      readonly records: number;
+      readonly seq: number;
+      readonly problem: 'edited' | 'removed' | 'inserted' | 'reordered' | 'truncated' | 'head-signature';
+      readonly message: string;
+    };
+
 export interface Storage {
   // --- users ---------------------------------------------------------------------------
   /** USER_EXISTS if the name is taken. */
@@ -210,6 +316,92 @@ export interface Storage {
   mailboxStats(userId: string, deviceId: number): Promise<MailboxStats>;
   /** Deletes every envelope older than the age limit; returns how many. */
   purgeExpiredEnvelopes(): Promise<number>;
+
+  // --- roles and grants ----------------------------------------------------------------
+  /** Built-in roles (from code) and custom roles, by name. */
+  listRoles(): Promise<Role[]>;
+  getRole(name: string): Promise<Role | undefined>;
+  /** A custom role. ROLE_EXISTS (also for a built-in name); INVALID_ARGUMENT for an unknown permission. */
+  createRole(input: { readonly name: string; readonly permissions: readonly string[] }): Promise<Role>;
+  /** ROLE_NOT_FOUND, ROLE_BUILTIN, ROLE_IN_USE (still granted, in any scope). */
+  deleteRole(name: string): Promise<void>;
+  /**
+   * Idempotent. A global scope is grantRole. USER_NOT_FOUND, ROLE_NOT_FOUND,
+   * ORG_UNIT_NOT_FOUND, CHANNEL_NOT_FOUND.
+   */
+  addGrant(grant: Grant): Promise<void>;
+  /** Idempotent; unknown users, roles, units or channels are not an error. */
+  removeGrant(grant: Grant): Promise<void>;
+  /** Every grant (global ones included), or one user's; ordered by user, role, scope. */
+  listGrants(filter?: { readonly userId?: string }): Promise<Grant[]>;
+
+  // --- org units -----------------------------------------------------------------------
+  /** ORG_UNIT_EXISTS; ORG_UNIT_NOT_FOUND for an unknown parent. */
+  createOrgUnit(input: { readonly name: string; readonly parentId?: string }): Promise<OrgUnit>;
+  getOrgUnit(id: string): Promise<OrgUnit | undefined>;
+  findOrgUnitByName(name: string): Promise<OrgUnit | undefined>;
+  /** All units, by name. */
+  listOrgUnits(): Promise<OrgUnit[]>;
+  /** ORG_UNIT_NOT_FOUND; ORG_UNIT_NOT_EMPTY while it has sub-units, users, channels or grants. */
+  removeOrgUnit(id: string): Promise<void>;
+  /** Idempotent. USER_NOT_FOUND, ORG_UNIT_NOT_FOUND. */
+  addUserToOrgUnit(userId: string, unitId: string): Promise<void>;
+  /** Idempotent. */
+  removeUserFromOrgUnit(userId: string, unitId: string): Promise<void>;
+  /** The ids of the units the user belongs to directly (not their ancestors), sorted. */
+  listUserOrgUnits(userId: string): Promise<string[]>;
+  /** The ids of the users directly in the unit, sorted. */
+  listOrgUnitUsers(unitId: string): Promise<string[]>;
+
+  // --- channels ------------------------------------------------------------------------
+  /**
+   * Creates a channel with its signed genesis change (seq 0) and its creator as the only
+   * member, a manager. CHANNEL_EXISTS for a taken id or name; USER_NOT_FOUND;
+   * ORG_UNIT_NOT_FOUND.
+   */
+  createChannel(input: {
+    readonly id: string;
+    readonly name: string;
+    readonly unitId?: string;
+    readonly createdBy: string;
+    readonly genesis: { readonly change: Uint8Array; readonly signature: Uint8Array };
+  }): Promise<Channel>;
+  getChannel(id: string): Promise<Channel | undefined>;
+  findChannelByName(name: string): Promise<Channel | undefined>;
+  /** All channels, or those `memberUserId` belongs to; by name. */
+  listChannels(filter?: { readonly memberUserId?: string }): Promise<Channel[]>;
+  /**
+   * Appends a verified change and applies its effect to the member table, atomically.
+   * CHANNEL_CONFLICT unless `entry.seq` is the channel's seq + 1 (another change came
+   * first); CHANNEL_NOT_FOUND; USER_NOT_FOUND for an added user who does not exist.
+   */
+  appendChannelChange(channelId: string, entry: ChannelLogEntry, effect: ChannelEffect): Promise<Channel>;
+  /** Log entries in seq order, after `afterSeq` if given, at most `limit` (default 500). */
+  channelLog(
+    channelId: string,
+    options?: { readonly afterSeq?: number; readonly limit?: number },
+  ): Promise<ChannelLogEntry[]>;
+  /** The member table, by user id. CHANNEL_NOT_FOUND. */
+  channelMembers(channelId: string): Promise<ChannelMembership[]>;
+  /** The user's membership, or undefined. */
+  channelMembership(channelId: string, userId: string): Promise<ChannelMembership | undefined>;
+  /** Removes the channel, its log, members and channel-scoped grants. CHANNEL_NOT_FOUND. */
+  removeChannel(id: string): Promise<void>;
+
+  // --- audit log -----------------------------------------------------------------------
+  /**
+   * Appends one record to the hash chain and re-signs the head with the audit key, in one
+   * transaction (several nodes may append at once: each append sees the previous one).
+   */
+  appendAudit(entry: AuditEntry): Promise<AuditRecord>;
+  /** Records in seq order: after `afterSeq`, at or after `since` (ms), at most `limit` (default 1000). */
+  listAudit(options?: {
+    readonly afterSeq?: number;
+    readonly since?: number;
+    readonly limit?: number;
+  }): Promise<AuditRecord[]>;
+  /** Walks the whole chain as stored and checks the signed head (audit/chain.ts). */
+  verifyAudit(): Promise<AuditVerification>;
 
   /** Closes the backend; further calls throw CLOSED. Idempotent. */
   close(): Promise<void>;
