@@ -11,6 +11,14 @@ export * from './kms/pkcs11-kms.js';
 export { ApiError, toWireFailure, type WireFailure } from './service/api-error.js';
 export { createService, type Service, type ServiceOptions } from './service/app.js';
 export {
+  AUTHZ_CACHE_TTL_MS,
+  authorize,
+  type Resource,
+  ROUTE_RULES,
+  type RouteRule,
+  type Subject,
+} from './service/authz.js';
+export {
   ADMIN_SOCKET_FILE,
   CONFIG_FILE,
   type DatabaseSetting,

@@ -17,10 +17,10 @@ import { isServerError, ServerError } from '../errors.js';
 import { DekRegistry, rotateKek } from '../kms/dek-registry.js';
 import type { Kms } from '../kms/kms.js';
 import { PRIVATE_FILE_MODE } from '../secure-file.js';
-import type { User } from '../storage/types.js';
+import * as ops from './admin-ops.js';
 import { ApiError, errorBody, toWireFailure } from './api-error.js';
+import { OPERATOR } from './authz.js';
 import { parse, type ServiceContext } from './context.js';
-import { issueEnrolmentCode } from './data-dir.js';
 
 /** Resolves true when something accepts connections on the socket path. */
 function socketAnswers(path: string): Promise<boolean> {
@@ -32,12 +32,6 @@ function socketAnswers(path: string): Promise<boolean> {
     });
     s.once('error', () => resolve(false));
   });
-}
-
-async function userByName(ctx: ServiceContext, name: string): Promise<User> {
-  const u = await ctx.storage.findUserByName(name);
-  if (!u) throw new ApiError('USER_NOT_FOUND', 404, `no user named ${name}`);
-  return u;
 }
 
 /** What the `kms.*` operations work on. */
@@ -175,50 +169,18 @@ export async function startAdminSocket(
   app.post('/admin', async (req) => {
     const r = parse(AdminRequest, req.body);
     switch (r.op) {
-      case 'user.add': {
-        const user = await ctx.storage.createUser({ name: r.name, roles: r.roles ?? [] });
-        const code = await issueEnrolmentCode(ctx.storage, user.id, ctx.clock());
-        ctx.log(`admin: user ${user.name} created`);
-        return {
-          user: user.name,
-          userId: user.id,
-          roles: user.roles,
-          enrollmentCode: code.code,
-          expiresAt: code.expiresAt,
-        };
-      }
-      case 'user.code': {
-        const user = await userByName(ctx, r.name);
-        const code = await issueEnrolmentCode(ctx.storage, user.id, ctx.clock());
-        ctx.log(`admin: new enrolment code issued for user ${user.name}`);
-        return { user: user.name, userId: user.id, enrollmentCode: code.code, expiresAt: code.expiresAt };
-      }
-      case 'user.list': {
-        const users = await ctx.storage.listUsers();
-        const out = [];
-        for (const u of users) {
-          const devices = await ctx.storage.listDevices(u.id);
-          out.push({
-            name: u.name,
-            id: u.id,
-            roles: [...u.roles],
-            enrolled: u.identityKey !== undefined,
-            devices: devices.length,
-            createdAt: u.createdAt,
-          });
-        }
-        return { users: out };
-      }
+      case 'user.add':
+        return ops.addUser(ctx, OPERATOR, r);
+      case 'user.code':
+        return ops.issueUserCode(ctx, OPERATOR, r.name);
+      case 'user.list':
+        return ops.listUsers(ctx);
       case 'user.remove': {
-        const user = await userByName(ctx, r.name);
-        await ctx.storage.removeUser(user.id);
-        ctx.sessions.revoke(user.id);
-        ctx.hub.disconnect(user.id);
-        ctx.log(`admin: user ${user.name} removed`);
+        const user = await ops.removeUser(ctx, OPERATOR, r.name);
         return { user: user.name, removed: true };
       }
       case 'device.list': {
-        const user = await userByName(ctx, r.name);
+        const user = await ops.userByName(ctx, r.name);
         const devices = await ctx.storage.listDevices(user.id);
         return {
           user: user.name,
@@ -231,10 +193,8 @@ export async function startAdminSocket(
         };
       }
       case 'device.remove': {
-        const user = await userByName(ctx, r.name);
-        await ctx.storage.removeDevice(user.id, r.deviceId);
-        ctx.sessions.revoke(user.id, r.deviceId);
-        ctx.hub.disconnect(user.id, r.deviceId);
+        const user = await ops.userByName(ctx, r.name);
+        await ops.removeDevice(ctx, OPERATOR, user, r.deviceId);
         ctx.log(`admin: device ${r.deviceId} of user ${user.name} removed`);
         return { user: user.name, deviceId: r.deviceId, removed: true };
       }
@@ -245,13 +205,60 @@ export async function startAdminSocket(
         ctx.log(
           `admin: KEK rotated from ${out.previousKeyId} to ${out.activeKeyId}; ${out.rewrapped} data key(s) re-wrapped`,
         );
+        await ctx.audit({
+          actor: { kind: 'operator' },
+          action: 'kms.rotate',
+          target: `kek:${out.activeKeyId}`,
+          outcome: 'ok',
+          detail: {
+            previousKeyId: out.previousKeyId,
+            activeKeyId: out.activeKeyId,
+            rewrapped: out.rewrapped,
+          },
+        });
         return out;
       }
       case 'kms.destroy': {
-        const out = await kmsOp(() => kmsDestroy(withDekFile(kmsAccess), r.keyId));
+        const { out, activeKeyId } = await kmsOp(async () => {
+          const destroyed = await kmsDestroy(withDekFile(kmsAccess), r.keyId);
+          return { out: destroyed, activeKeyId: (await kmsAccess.kms.describe()).activeKeyId };
+        });
         ctx.log(`admin: KEK version ${r.keyId} destroyed`);
+        await ctx.audit({
+          actor: { kind: 'operator' },
+          action: 'kms.destroy',
+          target: `kek:${r.keyId}`,
+          outcome: 'ok',
+          detail: { destroyedKeyId: r.keyId, activeKeyId },
+        });
         return out;
       }
+      case 'role.list':
+        return ops.listRoles(ctx);
+      case 'role.create':
+        return ops.createRole(ctx, OPERATOR, r);
+      case 'role.delete':
+        return ops.deleteRole(ctx, OPERATOR, r.name);
+      case 'role.grant':
+        return ops.changeGrant(ctx, OPERATOR, r, true);
+      case 'role.revoke':
+        return ops.changeGrant(ctx, OPERATOR, r, false);
+      case 'role.grants':
+        return ops.listGrants(ctx, r.user);
+      case 'org.list':
+        return ops.listOrg(ctx);
+      case 'org.create':
+        return ops.createOrg(ctx, OPERATOR, r);
+      case 'org.remove':
+        return ops.removeOrg(ctx, OPERATOR, r.name);
+      case 'org.assign':
+        return ops.changeOrgMember(ctx, OPERATOR, r.name, r.user, true);
+      case 'org.unassign':
+        return ops.changeOrgMember(ctx, OPERATOR, r.name, r.user, false);
+      case 'audit.list':
+        return ops.listAudit(ctx, r);
+      case 'audit.verify':
+        return ops.verifyAudit(ctx);
     }
   });
 

@@ -8,11 +8,14 @@ import { MAX_HTTP_BODY_BYTES } from '@qalqon/wire';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Storage } from '../storage/types.js';
 import { errorBody, toWireFailure } from './api-error.js';
-import type { ServiceContext } from './context.js';
+import { Authorizer, installAuthorization } from './authz.js';
+import { auditWriter, type ServiceContext } from './context.js';
 import { CLOSE_GOING_AWAY, MailboxHub } from './hub.js';
 import { LinkSlots } from './links.js';
 import { ServerMetrics } from './metrics.js';
 import { accountsPlugin } from './plugins/accounts.js';
+import { adminRemotePlugin } from './plugins/admin-remote.js';
+import { channelsPlugin } from './plugins/channels.js';
 import { keysPlugin } from './plugins/keys.js';
 import { messagesPlugin } from './plugins/messages.js';
 import { opsPlugin } from './plugins/ops.js';
@@ -43,6 +46,8 @@ export interface Service {
   readonly app: FastifyInstance;
   readonly ctx: ServiceContext;
   readonly ws: WebSocketService;
+  /** Every HTTP route, as its ROUTE_RULES key (`"METHOD /url"`). */
+  readonly routes: readonly string[];
   /** Listens on host:port (port 0: any free port) and resolves with the bound address. */
   listen(host: string, port: number): Promise<{ host: string; port: number }>;
   /** Stops accepting, closes every connection, and waits for in-flight requests. Does not close the storage. */
@@ -66,6 +71,8 @@ export async function createService(options: ServiceOptions): Promise<Service> {
     linkLimiter: new FailureLimiter({ maxFailures: MAX_LINK_SLOTS_PER_ADDRESS, windowMs: 60_000, clock }),
     clock,
     log,
+    authz: new Authorizer(options.storage, { clock }),
+    audit: auditWriter(options.storage, clock, log),
   };
 
   const app = Fastify({
@@ -86,6 +93,8 @@ export async function createService(options: ServiceOptions): Promise<Service> {
     // Short timeouts against slow-loris clients; nothing legitimate takes longer.
     connectionTimeout: 30_000,
     requestTimeout: 30_000,
+    // Every route is listed in ROUTE_RULES: no implicit HEAD twins.
+    exposeHeadRoutes: false,
   });
   // JSON only: text/plain would otherwise be accepted as a string body.
   app.removeContentTypeParser('text/plain');
@@ -116,10 +125,14 @@ export async function createService(options: ServiceOptions): Promise<Service> {
     );
   });
 
+  // Before any route: a route without a rule stops the start; every request is authorised here.
+  const routes = installAuthorization(app, ctx);
   await app.register(opsPlugin, { ctx });
   await app.register(accountsPlugin, { ctx });
   await app.register(keysPlugin, { ctx });
   await app.register(messagesPlugin, { ctx });
+  await app.register(channelsPlugin, { ctx });
+  await app.register(adminRemotePlugin, { ctx });
   const ws = attachWebSocket(app, ctx);
 
   const sweep = setInterval(() => {
@@ -134,6 +147,7 @@ export async function createService(options: ServiceOptions): Promise<Service> {
     app,
     ctx,
     ws,
+    routes,
     async listen(host, port) {
       await app.listen({ host, port });
       const addr = app.server.address() as AddressInfo;

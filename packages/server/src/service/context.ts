@@ -3,10 +3,11 @@
  * metrics, limiters and a few helpers for parsing input and authenticating requests.
  */
 import { xeddsaVerify } from '@qalqon/crypto';
-import type { NewDeviceData, z } from '@qalqon/wire';
+import type { AuditActionName, AuditActorJson, NewDeviceData, z } from '@qalqon/wire';
 import type { FastifyRequest } from 'fastify';
 import type { NewDevice, Storage } from '../storage/types.js';
 import { ApiError } from './api-error.js';
+import type { Authorizer } from './authz.js';
 import type { MailboxHub } from './hub.js';
 import type { LinkSlots } from './links.js';
 import type { ServerMetrics } from './metrics.js';
@@ -29,6 +30,50 @@ export interface ServiceContext {
   readonly clock: () => number;
   /** Operator log lines: never carry keys, tokens, codes or bodies. */
   readonly log: (line: string) => void;
+  /** The grant cache behind `authorize` (authz.ts): invalidate it after any role, grant, org or channel-membership change. */
+  readonly authz: Authorizer;
+  /**
+   * Appends one record to the audit log. Never throws: a failed append is logged (one line,
+   * no details) and the request it belongs to still completes.
+   */
+  readonly audit: (event: AuditEvent) => Promise<void>;
+}
+
+/** What a caller records; `at` is taken from the clock. Never a key, token, code or message content. */
+export interface AuditEvent {
+  readonly actor: AuditActorJson;
+  readonly action: AuditActionName;
+  /** What was acted on, e.g. `user:alice`, `device:alice/2`, `channel:ops`, `role:reviewer`. */
+  readonly target: string;
+  readonly outcome: 'ok' | 'denied' | 'failed';
+  readonly detail?: Readonly<Record<string, string | number | boolean>>;
+}
+
+/** Builds `ServiceContext.audit` over a storage. */
+export function auditWriter(
+  storage: Storage,
+  clock: () => number,
+  log: (line: string) => void,
+): (event: AuditEvent) => Promise<void> {
+  return async (event) => {
+    try {
+      await storage.appendAudit({
+        at: clock(),
+        actor: event.actor as Record<string, string | number>,
+        action: event.action,
+        target: event.target.length > 256 ? `${event.target.slice(0, 255)}…` : event.target,
+        outcome: event.outcome,
+        ...(event.detail === undefined ? {} : { detail: event.detail }),
+      });
+    } catch {
+      log(`audit: appending a ${event.action} record failed`);
+    }
+  };
+}
+
+/** An address as an anonymous audit actor holds it (at most 64 characters). */
+export function anonymousActor(address: string): AuditActorJson {
+  return { kind: 'anonymous', address: address.slice(0, 64) };
 }
 
 /** Parses untrusted input against a wire schema; a mismatch is a ZodError (→ BAD_REQUEST). */
@@ -36,7 +81,10 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<
   return schema.parse(value) as z.output<S>;
 }
 
-/** The session of a request's `Authorization: Bearer` token, or UNAUTHENTICATED. */
+/**
+ * The session of a request's `Authorization: Bearer` token, or UNAUTHENTICATED. Called only
+ * by the central preHandler (authz.ts); handlers read its result with `requestIdentity`.
+ */
 export function authenticate(ctx: ServiceContext, req: FastifyRequest): SessionIdentity {
   const h = req.headers.authorization;
   const m = typeof h === 'string' ? /^Bearer ([A-Za-z0-9_-]{1,128})$/.exec(h) : null;

@@ -4,13 +4,16 @@
  * (X25519, XEdDSA signatures, Kyber1024) the way a device does. Nothing is mocked.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { kyber1024GenerateKeyPair, x25519GenerateKeyPair, xeddsaSign } from '@qalqon/crypto';
 import {
+  type AdminRequestJson,
   authChallengeMessage,
   ChallengeResponse,
+  DEFAULT_ROLE,
   EnrolResponse,
   ErrorResponse,
   encodeBase64,
@@ -19,10 +22,13 @@ import {
   type ServerFrameJson,
   SessionResponse,
 } from '@qalqon/wire';
+import type { FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
+import { DEK_FILE } from '../kms/dek-registry.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { openEmbeddedStorage } from '../storage/embedded.js';
 import type { Storage, StorageLimits } from '../storage/types.js';
+import { startAdminSocket } from './admin.js';
 import { createService, type Service } from './app.js';
 import { issueEnrolmentCode } from './data-dir.js';
 import { generateSelfSignedIdentity, type TlsIdentity } from './tls.js';
@@ -39,13 +45,19 @@ export interface Harness extends Endpoint {
   readonly dir: string;
   readonly tls: TlsIdentity;
   readonly logs: string[];
-  /** Creates a user and returns a fresh enrolment code for them. */
-  addUser(name: string): Promise<{ userId: string; code: string }>;
+  /** Creates a user (global roles: [DEFAULT_ROLE] unless given) and returns a fresh enrolment code for them. */
+  addUser(name: string, options?: { roles?: readonly string[] }): Promise<{ userId: string; code: string }>;
+  /** One request on the local admin socket (started with `adminSocket: true`). */
+  admin(body: AdminRequestJson | Record<string, unknown>): Promise<HttpResult>;
   close(): Promise<void>;
 }
 
 export async function startHarness(
-  options: { limits?: Partial<StorageLimits>; wrapStorage?: (s: Storage) => Storage } = {},
+  options: {
+    limits?: Partial<StorageLimits>;
+    wrapStorage?: (s: Storage) => Storage;
+    adminSocket?: boolean;
+  } = {},
 ): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'qalqon-svc-'));
   const kms = await LocalKms.create(join(dir, LOCAL_KMS_FILE));
@@ -63,6 +75,10 @@ export async function startHarness(
     log: (l) => logs.push(l),
   });
   const { port } = await service.listen('127.0.0.1', 0);
+  const adminPath = join(dir, 'admin.sock');
+  const adminApp: FastifyInstance | undefined = options.adminSocket
+    ? await startAdminSocket(adminPath, service.ctx, { kms, dekFile: join(dir, DEK_FILE) })
+    : undefined;
   return {
     service,
     storage: real,
@@ -71,18 +87,56 @@ export async function startHarness(
     logs,
     port,
     cert: tls.certPem,
-    async addUser(name) {
-      const u = await real.createUser({ name });
+    async addUser(name, opts = {}) {
+      const u = await real.createUser({ name, roles: opts.roles ?? [DEFAULT_ROLE] });
       const { code } = await issueEnrolmentCode(real, u.id, Date.now());
       return { userId: u.id, code };
     },
+    admin(body) {
+      if (!adminApp) throw new Error('start the harness with adminSocket: true');
+      return adminRequest(adminPath, body);
+    },
     async close() {
+      await adminApp?.close();
       await service.close();
       await real.close();
       await kms.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** One `POST /admin` on a Unix socket. */
+export function adminRequest(socketPath: string, body: unknown): Promise<HttpResult> {
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      {
+        socketPath,
+        method: 'POST',
+        path: '/admin',
+        headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) },
+        agent: false,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let json: unknown;
+          try {
+            json = JSON.parse(text);
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, json, text });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
 }
 
 /** TLS options that trust exactly the server's self-signed certificate (its name is localhost, we dial 127.0.0.1). */

@@ -8,18 +8,22 @@ import {
   DeviceIdParam,
   EnrolRequest,
   encodeBase64,
+  type GrantScopeJson,
   LinkApproveRequest,
   LinkCodeRequest,
   LinkCompleteRequest,
   LinkCreateRequest,
   MAX_HTTP_BODY_BYTES,
+  PERMISSIONS,
   SessionRequest,
 } from '@qalqon/wire';
 import type { FastifyInstance } from 'fastify';
 import { isServerError } from '../../errors.js';
+import { removeDevice } from '../admin-ops.js';
 import { ApiError } from '../api-error.js';
+import { deviceSubject, requestIdentity } from '../authz.js';
 import {
-  authenticate,
+  anonymousActor,
   checkPrekeySignatures,
   clientAddress,
   parse,
@@ -40,14 +44,42 @@ export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
     try {
       device = await ctx.storage.enrolDevice({ code: body.code, device: toNewDevice(body.device) });
     } catch (err) {
-      if (isServerError(err, 'ENROLMENT_CODE_INVALID')) ctx.codeLimiter.fail(address);
+      if (isServerError(err, 'ENROLMENT_CODE_INVALID')) {
+        ctx.codeLimiter.fail(address);
+        await ctx.audit({
+          actor: anonymousActor(address),
+          action: 'enrolment',
+          target: 'enrolment',
+          outcome: 'failed',
+          detail: { reason: 'code-invalid' },
+        });
+      }
       throw err;
     }
     // Enrolment is a new identity: the user's earlier devices were removed with it.
     ctx.sessions.revoke(device.userId, undefined, device.deviceId);
     ctx.hub.disconnect(device.userId, undefined, device.deviceId);
+    ctx.authz.invalidateUser(device.userId);
     const user = await ctx.storage.getUser(device.userId);
-    ctx.log(`enrolled device ${device.deviceId} of user ${user?.name ?? device.userId}`);
+    const userName = user?.name ?? device.userId;
+    ctx.log(`enrolled device ${device.deviceId} of user ${userName}`);
+    await ctx.audit({
+      actor: anonymousActor(address),
+      action: 'enrolment',
+      target: `device:${userName}/${device.deviceId}`,
+      outcome: 'ok',
+    });
+    // Device ids are never reused for a user, and the first one comes with the first
+    // identity: a later id means an earlier identity key was replaced.
+    if (device.deviceId > 1) {
+      await ctx.audit({
+        actor: anonymousActor(address),
+        action: 'identity.change',
+        target: `user:${userName}`,
+        outcome: 'ok',
+        detail: { deviceId: device.deviceId },
+      });
+    }
     return { userId: device.userId, userName: user?.name ?? '', deviceId: device.deviceId };
   });
 
@@ -59,11 +91,62 @@ export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
 
   app.post('/v1/auth/session', limits, async (req) => {
     const body = parse(SessionRequest, req.body);
-    return ctx.sessions.signIn({ ...body, address: clientAddress(req) });
+    const address = clientAddress(req);
+    try {
+      return await ctx.sessions.signIn({ ...body, address });
+    } catch (err) {
+      if (err instanceof ApiError && (err.code === 'UNAUTHENTICATED' || err.code === 'RATE_LIMITED')) {
+        const user = await ctx.storage.getUser(body.userId).catch(() => undefined);
+        await ctx.audit({
+          actor: anonymousActor(address),
+          action: 'login.failure',
+          target: user ? `device:${user.name}/${body.deviceId}` : `device:${body.userId}/${body.deviceId}`,
+          outcome: err.code === 'RATE_LIMITED' ? 'denied' : 'failed',
+          detail: { reason: err.code === 'RATE_LIMITED' ? 'rate-limited' : 'authentication-failed' },
+        });
+      }
+      throw err;
+    }
+  });
+
+  app.get('/v1/me', async (req) => {
+    const me = requestIdentity(req);
+    const [grants, permissions, tree] = await Promise.all([
+      ctx.authz.grantsOf(me.userId),
+      ctx.authz.globalPermissions(me.userId),
+      ctx.authz.tree(),
+    ]);
+    if (grants.name === undefined) throw new ApiError('UNAUTHENTICATED', 401, 'authentication failed');
+    const unitName = (id: string) => tree.byId.get(id)?.name;
+    const out: { role: string; scope: GrantScopeJson }[] = [];
+    for (const g of grants.grants) {
+      if (g.scope.kind === 'global') out.push({ role: g.role, scope: { kind: 'global' } });
+      else if (g.scope.kind === 'channel')
+        out.push({ role: g.role, scope: { kind: 'channel', channel: g.scope.channelId } });
+      else {
+        const unit = unitName(g.scope.unitId);
+        if (unit !== undefined) out.push({ role: g.role, scope: { kind: 'unit', unit } });
+      }
+    }
+    for (const r of grants.globalRoles) {
+      if (!out.some((g) => g.role === r && g.scope.kind === 'global'))
+        out.push({ role: r, scope: { kind: 'global' } });
+    }
+    return {
+      userId: me.userId,
+      userName: grants.name,
+      deviceId: me.deviceId,
+      grants: out,
+      units: grants.units
+        .map(unitName)
+        .filter((n): n is string => n !== undefined)
+        .sort(),
+      permissions: PERMISSIONS.filter((p) => permissions.has(p)),
+    };
   });
 
   app.get('/v1/devices', async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const devices = await ctx.storage.listDevices(me.userId);
     return {
       devices: devices.map((d) => ({
@@ -77,11 +160,10 @@ export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
   });
 
   app.delete('/v1/devices/:deviceId', async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const deviceId = Number(parse(DeviceIdParam, req.params).deviceId);
-    await ctx.storage.removeDevice(me.userId, deviceId);
-    ctx.sessions.revoke(me.userId, deviceId);
-    ctx.hub.disconnect(me.userId, deviceId);
+    const name = (await ctx.authz.grantsOf(me.userId)).name ?? me.userId;
+    await removeDevice(ctx, deviceSubject(me), { id: me.userId, name }, deviceId);
     ctx.log(`device ${deviceId} of user ${me.userId} removed by device ${me.deviceId}`);
     return { ok: true };
   });
@@ -111,14 +193,13 @@ export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
   });
 
   app.post('/v1/link/lookup', limits, async (req) => {
-    authenticate(ctx, req);
     const body = parse(LinkCodeRequest, req.body);
     const request = await withCode(clientAddress(req), () => ctx.links.lookup(body.linkCode));
     return { request: encodeBase64(request) };
   });
 
   app.post('/v1/link/approve', limits, async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const body = parse(LinkApproveRequest, req.body);
     const user = await ctx.storage.getUser(me.userId);
     if (!user) throw new ApiError('UNAUTHENTICATED', 401, 'authentication failed');
@@ -149,6 +230,12 @@ export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
     );
     const user = await ctx.storage.getUser(device.userId);
     ctx.log(`linked device ${device.deviceId} of user ${user?.name ?? device.userId}`);
+    await ctx.audit({
+      actor: anonymousActor(clientAddress(req)),
+      action: 'device.add',
+      target: `device:${user?.name ?? device.userId}/${device.deviceId}`,
+      outcome: 'ok',
+    });
     return { userId: device.userId, userName: user?.name ?? '', deviceId: device.deviceId };
   });
 }

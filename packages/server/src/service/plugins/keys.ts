@@ -15,13 +15,8 @@ import {
 import type { FastifyInstance } from 'fastify';
 import type { SignedPrekey } from '../../storage/types.js';
 import { ApiError } from '../api-error.js';
-import {
-  authenticate,
-  checkRotatedPrekey,
-  PREKEY_LOW_WATERMARK,
-  parse,
-  type ServiceContext,
-} from '../context.js';
+import { requestIdentity } from '../authz.js';
+import { checkRotatedPrekey, PREKEY_LOW_WATERMARK, parse, type ServiceContext } from '../context.js';
 
 function signedJson(p: SignedPrekey) {
   return { id: p.id, publicKey: encodeBase64(p.publicKey), signature: encodeBase64(p.signature) };
@@ -32,7 +27,6 @@ export async function keysPlugin(app: FastifyInstance, opts: { ctx: ServiceConte
   const limits = { bodyLimit: MAX_HTTP_BODY_BYTES };
 
   app.get('/v1/keys/:userName', async (req) => {
-    authenticate(ctx, req);
     const { userName } = parse(UserNameParam, req.params);
     const query = parse(BundleQuery, req.query);
     const user = await ctx.storage.findUserByName(userName);
@@ -64,7 +58,6 @@ export async function keysPlugin(app: FastifyInstance, opts: { ctx: ServiceConte
   });
 
   app.get('/v1/keys/:userName/devices', async (req) => {
-    authenticate(ctx, req);
     const { userName } = parse(UserNameParam, req.params);
     const user = await ctx.storage.findUserByName(userName);
     if (!user) throw new ApiError('USER_NOT_FOUND', 404, `no user named ${userName}`);
@@ -78,21 +71,21 @@ export async function keysPlugin(app: FastifyInstance, opts: { ctx: ServiceConte
   });
 
   app.get('/v1/keys', async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const d = await ctx.storage.getDevice(me.userId, me.deviceId);
     if (!d) throw new ApiError('DEVICE_NOT_FOUND', 404, 'this device was removed');
     return { oneTimePrekeys: d.oneTimePrekeyCount, replenish: d.oneTimePrekeyCount < PREKEY_LOW_WATERMARK };
   });
 
   app.post('/v1/keys/one-time', limits, async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const body = parse(PrekeyUploadRequest, req.body);
     const n = await ctx.storage.addOneTimePrekeys(me.userId, me.deviceId, body.oneTimePrekeys);
     return { oneTimePrekeys: n, replenish: n < PREKEY_LOW_WATERMARK };
   });
 
   app.put('/v1/keys/signed', limits, async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const body = parse(SignedPrekeyRequest, req.body);
     await checkRotatedPrekey(ctx, me.userId, body.prekey);
     await ctx.storage.setSignedPrekey(me.userId, me.deviceId, body.prekey);
@@ -100,7 +93,7 @@ export async function keysPlugin(app: FastifyInstance, opts: { ctx: ServiceConte
   });
 
   app.put('/v1/keys/kyber', limits, async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const body = parse(KyberPrekeyRequest, req.body);
     await checkRotatedPrekey(ctx, me.userId, body.prekey);
     await ctx.storage.setKyberPrekey(me.userId, me.deviceId, body.prekey);

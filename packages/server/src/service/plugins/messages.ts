@@ -5,7 +5,8 @@
  */
 import { MAX_SEND_BODY_BYTES, SendRequest, type z } from '@qalqon/wire';
 import type { FastifyInstance } from 'fastify';
-import { authenticate, parse, type ServiceContext } from '../context.js';
+import { requestIdentity } from '../authz.js';
+import { parse, type ServiceContext } from '../context.js';
 import type { SessionIdentity } from '../sessions.js';
 
 export async function sendEnvelopes(
@@ -34,7 +35,7 @@ export async function sendEnvelopes(
 export async function messagesPlugin(app: FastifyInstance, opts: { ctx: ServiceContext }): Promise<void> {
   const { ctx } = opts;
   app.post('/v1/messages', { bodyLimit: MAX_SEND_BODY_BYTES }, async (req) => {
-    const me = authenticate(ctx, req);
+    const me = requestIdentity(req);
     const body = parse(SendRequest, req.body);
     return { receipts: await sendEnvelopes(ctx, me, body.messages) };
   });

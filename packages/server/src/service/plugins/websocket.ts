@@ -18,6 +18,7 @@ import { ClientFrame, MAX_FRAME_BYTES, type ServerFrameJson, type WireErrorCode 
 import type { FastifyInstance } from 'fastify';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
 import { describeZodError, toWireFailure } from '../api-error.js';
+import { authorizeFrame } from '../authz.js';
 import { PREKEY_LOW_WATERMARK, type ServiceContext } from '../context.js';
 import { CLOSE_POLICY, CLOSE_UNAUTHENTICATED, type DeviceConnection } from '../hub.js';
 import type { SessionIdentity } from '../sessions.js';
@@ -124,10 +125,20 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
     const frame = parsed.data;
 
     if (conn.identity && (frame.type === 'send' || frame.type === 'ack')) {
+      const me = conn.identity;
+      // The frame's rule (ROUTE_RULES "WS send" / "WS ack"): from the grant cache, so a
+      // warm connection's sends do not read the storage to be authorised.
+      let refused: { err: unknown } | undefined;
+      try {
+        await authorizeFrame(ctx, frame.type, me);
+      } catch (err) {
+        refused = { err };
+      }
       // Called now, so the storage sees this connection's writes in frame order.
-      const outcome: Promise<() => void> =
-        frame.type === 'send'
-          ? sendEnvelopes(ctx, conn.identity, frame.messages).then(
+      const outcome: Promise<() => void> = refused
+        ? Promise.reject(refused.err)
+        : frame.type === 'send'
+          ? sendEnvelopes(ctx, me, frame.messages).then(
               (receipts) => () => conn.send({ type: 'sent', id: frame.id, receipts }),
             )
           : ctx.hub.ack(conn, frame.ids).then(() => () => undefined);
@@ -186,6 +197,7 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
         case 'auth':
           return refuse(conn, 'BAD_REQUEST', 'this connection is already authenticated');
         case 'ping':
+          await authorizeFrame(ctx, 'ping', conn.identity);
           conn.send({ type: 'pong', ...(frame.id === undefined ? {} : { id: frame.id }) });
           return;
         // `send` and `ack` were pipelined above.
