@@ -11,6 +11,9 @@
  *   deletion, the message and the envelope id in one transaction → show → acknowledge. A
  *   redelivered envelope is recognised by its id; a second copy of the same message (its id
  *   is the sender's, shared by all copies) is stored once and shown once.
+ * - channels keep both rules: a sender key's handovers (1:1) and its advanced chain are
+ *   committed before anything leaves; a received sender key is committed with the session
+ *   record that carried it, and a channel message with the sender key state it advanced.
  *
  * Trust: a device is encrypted to only if its prekeys verify under the user's identity key
  * and that key is the one this profile knows for the user (trust on first use, then a
@@ -18,10 +21,12 @@
  */
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { constantTimeEqual, randomBytes, xeddsaSign } from '@qalqon/crypto';
+import { constantTimeEqual, randomBytes, sha256, xeddsaSign, xeddsaVerify } from '@qalqon/crypto';
 import {
   CiphertextMessageType,
   computeFingerprint,
+  createSenderKeyDistributionMessage,
+  DISTRIBUTION_ID_LEN,
   decryptMessage,
   deserializeIdentityKeyPair,
   deserializeKyberPreKeyRecord,
@@ -35,13 +40,18 @@ import {
   generateKyberPreKey,
   generatePreKeys,
   generateSignedPreKey,
+  groupDecrypt,
+  groupEncrypt,
   type IdentityKeyPair,
   isProtocolError,
   type LocalIdentity,
   type PreKeyBundle,
   type PreKeyLookup,
   type PreKeyRecord,
+  parseSenderKeyDistributionMessage,
+  parseSenderKeyMessage,
   processPreKeyBundle,
+  processSenderKeyDistributionMessage,
   type SessionRecord,
   serializeIdentityKeyPair,
   serializeKyberPreKeyRecord,
@@ -50,31 +60,64 @@ import {
   verifyPreKeyBundle,
 } from '@qalqon/protocol';
 import {
+  AdminUserAddResponse,
+  AdminUsersResponse,
+  AuditListResponse,
+  AuditVerifyResponse,
+  applyChannelChange,
   authChallengeMessage,
   BundlesResponse,
+  CHANNEL_ENVELOPE_TYPE,
   ChallengeResponse,
+  type ChannelChangeJson,
+  ChannelId,
+  ChannelInfo,
+  type ChannelLogCrypto,
+  ChannelLogResponse,
+  type ChannelMember,
+  ChannelName,
+  ChannelSendResponse,
+  type ChannelState,
+  ChannelsResponse,
+  channelChangeSigningMessage,
+  channelEnvelopeHeader,
+  channelIdOfEnvelope,
   DeviceListResponse,
   decodeBase64,
   EnrolResponse,
   encodeBase64,
+  encodeChannelChange,
+  GENESIS_PREV,
+  type GrantScopeJson,
+  GrantsResponse,
+  isChannelLogError,
+  isWireError,
   LinkCreateResponse,
   LinkLookupResponse,
   LinkPollResponse,
+  MAX_CHANNEL_LOG_PAGE,
   MAX_DEVICE_NAME_LEN,
   MAX_PREKEYS_PER_UPLOAD,
   MAX_REGISTRATION_ID,
   MAX_SEND_BATCH,
+  MeResponse,
   type NewDeviceJson,
   OkResponse,
+  OrgUnitInfo,
+  OrgUnitsResponse,
   PrekeyStatusResponse,
+  RoleInfo,
+  RolesResponse,
   SendResponse,
   ServerFrame,
   SessionResponse,
+  signedChangeJson,
   UserDevicesResponse,
   UserName,
   z,
 } from '@qalqon/wire';
 import type WebSocket from 'ws';
+import { type CachedChannel, ChannelStore } from './channel-store.js';
 import { ClientError } from './errors.js';
 import {
   createDatabaseKey,
@@ -129,6 +172,57 @@ const Content = z.strictObject({
 });
 type Content = z.output<typeof Content>;
 
+/**
+ * A sender key handed over a 1:1 session: the sender device's current sender key for a
+ * channel (a Qalqon-format SenderKeyDistributionMessage, base64). The 1:1 plaintext is
+ * `Content` when it has no `kind`, so text from older clients stays readable.
+ */
+const SenderKeyContent = z.strictObject({
+  v: z.literal(1),
+  kind: z.literal('sender-key'),
+  sentAt: z.int().min(0),
+  from: UserName,
+  channel: ChannelId,
+  distribution: z.string().max(512),
+});
+type SenderKeyContent = z.output<typeof SenderKeyContent>;
+
+/** What a channel message encrypts (with the sender key): bound to its channel and sender. */
+const ChannelContent = z.strictObject({
+  v: z.literal(1),
+  id: z.string().regex(/^[0-9a-f]{32}$/),
+  sentAt: z.int().min(0),
+  from: UserName,
+  channel: ChannelId,
+  text: z.string().max(MAX_TEXT_BYTES),
+});
+type ChannelContent = z.output<typeof ChannelContent>;
+
+/** The primitives the channel log rules need (@qalqon/wire has no crypto of its own). */
+const LOG_CRYPTO: ChannelLogCrypto = { xeddsaVerify, sha256 };
+/** Sender-key messages and distribution messages of channels use Qalqon's format (AES-256-GCM). */
+const SENDER_KEY_FORMAT = 'qalqon';
+/** How often a membership change is signed afresh when another change took its place (CHANNEL_CONFLICT). */
+export const CHANNEL_CHANGE_ATTEMPTS = 5;
+
+/** A channel as the server lists it (GET /v1/channels). */
+export type ChannelSummary = z.output<typeof ChannelInfo>;
+
+/** A member of a channel as its verified log names them. */
+export interface ChannelMemberInfo {
+  readonly userId: string;
+  readonly user: string;
+  readonly role: 'member' | 'manager';
+  /** The seq of the change that added them. */
+  readonly addedSeq: number;
+  /**
+   * How the identity key the log binds for them compares with the one this profile knows:
+   * `self` (you), `trusted` (equal), `mismatch` (another key: they get no sender key from
+   * you), `unknown` (never looked up; the next `sendChannel` learns it through the directory).
+   */
+  readonly identity: 'self' | 'trusted' | 'mismatch' | 'unknown';
+}
+
 /** A message as `recv` shows it. */
 export interface ReceivedMessage {
   readonly from: string;
@@ -149,6 +243,8 @@ export interface ReceiveFailure {
   readonly envelopeId: string;
   readonly senderUserId: string;
   readonly senderDeviceId: number;
+  /** For a channel message or sender-key handover: the channel's id. */
+  readonly channelId?: string | undefined;
 }
 
 export interface ClientOptions {
@@ -178,6 +274,13 @@ interface PreparedProfile {
   readonly keyId: string;
   readonly key: Uint8Array;
   readonly wrapped: WrappedKey | undefined;
+}
+
+interface PairwiseEnvelope {
+  readonly recipientUserId: string;
+  readonly recipientDeviceId: number;
+  /** Base64 of type byte ‖ message. */
+  readonly body: string;
 }
 
 interface Contact {
@@ -227,6 +330,7 @@ export class QalqonClient {
   readonly #dir: string;
   readonly #db: ClientDatabase;
   readonly #meta: Meta;
+  readonly #channels: ChannelStore;
   readonly #conn: ServerConnection;
   readonly #opts: ClientOptions;
   readonly #identity: IdentityKeyPair;
@@ -238,6 +342,7 @@ export class QalqonClient {
     this.#dir = dir;
     this.#db = db;
     this.#meta = new Meta(db);
+    this.#channels = new ChannelStore(db);
     this.#opts = opts;
     this.#settings = settings;
     this.#conn = new ServerConnection(parseServerUrl(settings.server), this.#pinStore());
@@ -872,25 +977,11 @@ export class QalqonClient {
     // records would reuse message keys).
     const envelopes = this.#db
       .transaction(() => {
-        const out: { recipientUserId: string; recipientDeviceId: number; body: string }[] = [];
+        const out: PairwiseEnvelope[] = [];
         for (const p of plans) {
           for (const deviceId of p.deviceIds) {
-            let record = this.#loadSession(p.contact.userId, deviceId);
-            if (!record?.hasUsableSenderChain(this.#now())) {
-              const bundle = p.bundles.get(deviceId);
-              if (!bundle) continue;
-              record = processPreKeyBundle(record, bundle, this.#local(), { now: this.#now() }).record;
-            }
-            const e = encryptMessage(record, plaintext, { now: this.#now() });
-            this.#saveSession(p.contact.userId, deviceId, e.record);
-            const body = new Uint8Array(1 + e.message.body.length);
-            body[0] = e.message.type;
-            body.set(e.message.body, 1);
-            out.push({
-              recipientUserId: p.contact.userId,
-              recipientDeviceId: deviceId,
-              body: encodeBase64(body),
-            });
+            const e = this.#sealPairwise(p.contact, deviceId, p.bundles.get(deviceId), plaintext);
+            if (e) out.push(e);
           }
           // Sessions with devices the user no longer has are dropped: never encrypted to again.
           const keep = new Set(p.deviceIds);
@@ -928,12 +1019,523 @@ export class QalqonClient {
         return out;
       })
       .immediate();
+    await this.#postPairwise(envelopes);
+    return { id: content.id, sentAt: content.sentAt, devices: envelopes.length };
+  }
+
+  /**
+   * Inside a transaction: encrypts `plaintext` to one device of `contact` (setting up the
+   * session from `bundle` when there is no usable one) and stores the new session record,
+   * which must be committed before the envelope leaves. Undefined when there is neither a
+   * session nor a trusted bundle.
+   */
+  #sealPairwise(
+    contact: Contact,
+    deviceId: number,
+    bundle: PreKeyBundle | undefined,
+    plaintext: Uint8Array,
+  ): PairwiseEnvelope | undefined {
+    let record = this.#loadSession(contact.userId, deviceId);
+    if (!record?.hasUsableSenderChain(this.#now())) {
+      if (!bundle) return undefined;
+      record = processPreKeyBundle(record, bundle, this.#local(), { now: this.#now() }).record;
+    }
+    const e = encryptMessage(record, plaintext, { now: this.#now() });
+    this.#saveSession(contact.userId, deviceId, e.record);
+    const body = new Uint8Array(1 + e.message.body.length);
+    body[0] = e.message.type;
+    body.set(e.message.body, 1);
+    return { recipientUserId: contact.userId, recipientDeviceId: deviceId, body: encodeBase64(body) };
+  }
+
+  async #postPairwise(envelopes: readonly PairwiseEnvelope[]): Promise<void> {
     for (let i = 0; i < envelopes.length; i += MAX_SEND_BATCH) {
       await this.#conn.request('POST', '/v1/messages', SendResponse, {
         messages: envelopes.slice(i, i + MAX_SEND_BATCH),
       });
     }
-    return { id: content.id, sentAt: content.sentAt, devices: envelopes.length };
+  }
+
+  // --- channels ---------------------------------------------------------------------------
+  //
+  // A channel's membership is the signed log in @qalqon/wire channels.ts. This device keeps
+  // a verified copy of it (channel-store.ts) and acts only on what it verifies: keys go to
+  // members the log names, with the identity key the log binds for them equal to the one this
+  // profile trusts; messages are shown only from members. Messages use sender keys (Qalqon
+  // format, AES-256-GCM): each device has one per channel, hands it to every member device
+  // over their 1:1 sessions, and replaces it whenever a device that holds it stops being a
+  // recipient, or after any removal, so a removed member cannot read what comes after.
+
+  /** The id of the caller's channel named `name` (from GET /v1/channels). */
+  async #channelId(name: string): Promise<string> {
+    if (!ChannelName.safeParse(name).success) {
+      throw new ClientError(
+        'INVALID_ARGUMENT',
+        '"channel" expected a channel name ([a-z0-9][a-z0-9._-]*, at most 64)',
+      );
+    }
+    await this.#signIn();
+    const r = await this.#conn.request('GET', '/v1/channels', ChannelsResponse);
+    const c = r.channels.find((x) => x.name === name);
+    if (!c) throw new ClientError('CHANNEL_NOT_FOUND', `you are not a member of a channel named ${name}`);
+    return c.id;
+  }
+
+  /**
+   * Brings this device's verified copy of a channel's log up to date: fetches the changes
+   * after the cached head (`?after=`), applies each with the log rules, and stores them with
+   * the new state in one transaction. A change that does not verify, or a server that
+   * serves less than this device already verified, is CHANNEL_LOG_INVALID and changes nothing.
+   */
+  async #syncChannel(channelId: string, expectName?: string): Promise<CachedChannel> {
+    await this.#signIn();
+    const invalid = (why: string) =>
+      new ClientError('CHANNEL_LOG_INVALID', `the membership log of the channel does not verify: ${why}`);
+    for (let attempt = 0; ; attempt++) {
+      const cached = this.#channels.cached(channelId);
+      let state: ChannelState | undefined = cached?.state;
+      let lastRemoveSeq = cached?.lastRemoveSeq ?? -1;
+      const fresh: { seq: number; entry: { change: Uint8Array; signature: Uint8Array } }[] = [];
+      let serverSeq = 0;
+      let serverName = '';
+      for (let page = 0; ; page++) {
+        const after = state === undefined ? '' : `?after=${state.seq}`;
+        const r = await this.#conn.request('GET', `/v1/channels/${channelId}${after}`, ChannelLogResponse);
+        if (r.channel.id !== channelId) throw invalid('the server answered for another channel');
+        serverSeq = r.channel.seq;
+        serverName = r.channel.name;
+        for (const e of r.entries) {
+          try {
+            const applied = applyChannelChange(state, e, LOG_CRYPTO, channelId);
+            state = applied.state;
+            if (applied.change.op === 'remove') lastRemoveSeq = applied.change.seq;
+            fresh.push({ seq: applied.change.seq, entry: e });
+          } catch (err) {
+            if (isChannelLogError(err)) throw invalid(err.message);
+            throw err;
+          }
+        }
+        if (state === undefined) throw invalid('the server served no changes');
+        if (state.seq >= serverSeq || r.entries.length < MAX_CHANNEL_LOG_PAGE) break;
+        if (page > 1 + Math.ceil(serverSeq / MAX_CHANNEL_LOG_PAGE)) throw invalid('the log does not end');
+      }
+      // The server's own account of the channel must agree with the log it served: fewer
+      // changes than this device verified before is a rollback, more than it served is
+      // withholding. (More served than reported is a change that landed between the two
+      // reads of one request: every one of them verified, so it is kept.)
+      const startSeq = cached?.state.seq;
+      if (state.seq < serverSeq) {
+        throw invalid(`the server reports change ${serverSeq} as the last but serves up to ${state.seq}`);
+      }
+      if (startSeq !== undefined && startSeq > serverSeq) {
+        throw invalid(
+          `the server reports change ${serverSeq} as the last; this device verified up to ${startSeq}`,
+        );
+      }
+      if (serverName !== state.name) throw invalid('the server names the channel differently from its log');
+      if (expectName !== undefined && state.name !== expectName) {
+        throw invalid(`the server gave the log of "${state.name}" for "${expectName}"`);
+      }
+      const done = this.#db
+        .transaction(() => {
+          // Another process on this profile may have stored changes meanwhile: start again from them.
+          if (this.#channels.cached(channelId)?.state.seq !== startSeq) return false;
+          if (fresh.length > 0) this.#channels.saveVerified(state as ChannelState, lastRemoveSeq, fresh);
+          return true;
+        })
+        .immediate();
+      if (done) return { state, lastRemoveSeq };
+      if (attempt >= 3)
+        throw new ClientError('PROFILE_STATE', 'the channel log kept changing under this device');
+    }
+  }
+
+  /**
+   * Signs a membership change built from the verified state, checks it against the log
+   * rules, and submits it. When another change took its place (CHANNEL_CONFLICT) the log is
+   * reloaded and the change built and signed again, up to CHANNEL_CHANGE_ATTEMPTS times.
+   */
+  async #submitChange(
+    channelId: string,
+    build: (cached: CachedChannel) => ChannelChangeJson,
+  ): Promise<ChannelChangeJson> {
+    for (let attempt = 1; ; attempt++) {
+      const cached = await this.#syncChannel(channelId);
+      const json = build(cached);
+      const change = encodeChannelChange(json);
+      const signature = xeddsaSign(this.#identity.privateKey, channelChangeSigningMessage(change));
+      try {
+        applyChannelChange(cached.state, { change, signature }, LOG_CRYPTO, channelId);
+      } catch (err) {
+        if (isChannelLogError(err)) {
+          throw new ClientError(
+            'CHANNEL_NOT_MANAGER',
+            `the channel log does not allow this change: ${err.message}`,
+          );
+        }
+        throw err;
+      }
+      try {
+        await this.#conn.request('POST', `/v1/channels/${channelId}/changes`, ChannelInfo, {
+          entry: signedChangeJson({ change, signature }),
+        });
+        return json;
+      } catch (err) {
+        if (isWireError(err, 'CHANNEL_CONFLICT') && attempt < CHANNEL_CHANGE_ATTEMPTS) continue;
+        throw err;
+      }
+    }
+  }
+
+  #changeBase(state: ChannelState): {
+    v: 1;
+    channel: string;
+    seq: number;
+    prev: string;
+    at: number;
+    by: { userId: string; deviceId: number };
+  } {
+    return {
+      v: 1,
+      channel: state.channelId,
+      seq: state.seq + 1,
+      prev: state.head,
+      at: this.#now(),
+      by: { userId: this.userId, deviceId: this.deviceId },
+    };
+  }
+
+  /** `channel create`: a new channel with this user as its first manager (optionally in an org unit). */
+  async createChannel(name: string, options: { unit?: string | undefined } = {}): Promise<ChannelSummary> {
+    if (!ChannelName.safeParse(name).success) {
+      throw new ClientError(
+        'INVALID_ARGUMENT',
+        '"name" expected a channel name ([a-z0-9][a-z0-9._-]*, at most 64)',
+      );
+    }
+    if (options.unit !== undefined && !UserName.safeParse(options.unit).success) {
+      throw new ClientError('INVALID_ARGUMENT', '"unit" expected an org unit name');
+    }
+    await this.#signIn();
+    const id = Buffer.from(randomBytes(16)).toString('hex');
+    const change = encodeChannelChange({
+      v: 1,
+      channel: id,
+      seq: 0,
+      prev: GENESIS_PREV,
+      at: this.#now(),
+      by: { userId: this.userId, deviceId: this.deviceId },
+      op: 'create',
+      name,
+      userName: this.userName,
+      identityKey: encodeBase64(this.#identity.publicKey),
+    });
+    const signature = xeddsaSign(this.#identity.privateKey, channelChangeSigningMessage(change));
+    const info = await this.#conn.request('POST', '/v1/channels', ChannelInfo, {
+      entry: signedChangeJson({ change, signature }),
+      ...(options.unit !== undefined ? { unit: options.unit } : {}),
+    });
+    if (info.id !== id || info.name !== name) {
+      throw new ClientError('SERVER_PROTOCOL', 'the server created another channel than the one asked for');
+    }
+    await this.#syncChannel(id, name);
+    return info;
+  }
+
+  /** The channels this user is a member of, as the server lists them. */
+  async listChannels(): Promise<ChannelSummary[]> {
+    await this.#signIn();
+    return (await this.#conn.request('GET', '/v1/channels', ChannelsResponse)).channels;
+  }
+
+  /** The members of a channel by its verified log (not by the server's say-so). */
+  async channelMembers(channel: string): Promise<ChannelMemberInfo[]> {
+    const id = await this.#channelId(channel);
+    const { state } = await this.#syncChannel(id, channel);
+    return [...state.members.values()]
+      .sort((a, b) => (a.userName < b.userName ? -1 : a.userName > b.userName ? 1 : 0))
+      .map((m) => ({
+        userId: m.userId,
+        user: m.userName,
+        role: m.role,
+        addedSeq: m.addedSeq,
+        identity: this.#memberTrust(m),
+      }));
+  }
+
+  #memberTrust(m: ChannelMember): ChannelMemberInfo['identity'] {
+    if (m.userId === this.userId) return equal(m.identityKey, this.#identity.publicKey) ? 'self' : 'mismatch';
+    const c = this.#contactById(m.userId);
+    if (!c) return 'unknown';
+    return equal(c.identityKey, m.identityKey) && !c.blocked ? 'trusted' : 'mismatch';
+  }
+
+  /**
+   * `channel add`: signs an `add` of `user` binding the identity key this profile trusts for
+   * them (looked up as for a 1:1 send). Refused (IDENTITY_CHANGED) while their verified key
+   * changed and is unverified, or when their key changed just now (compare the safety number, then run again).
+   */
+  async addChannelMember(
+    channel: string,
+    user: string,
+    options: { manager?: boolean | undefined } = {},
+  ): Promise<{ seq: number }> {
+    checkUserName(user, 'user');
+    const id = await this.#channelId(channel);
+    const before = await this.#syncChannel(id, channel);
+    if (!before.state.members.has(this.userId)) {
+      throw new ClientError('CHANNEL_NOT_MEMBER', `you are not a member of ${channel} by its log`);
+    }
+    const known = this.#db.prepare('SELECT identity_key FROM contacts WHERE name = ?').get(user) as
+      | { identity_key: Uint8Array }
+      | undefined;
+    const { contact } = await this.#refreshUser(user);
+    if (contact.blocked) {
+      throw new ClientError(
+        'IDENTITY_CHANGED',
+        `${user}'s identity key changed after you verified it; compare the new safety number and run "qalqon verify" before adding them`,
+      );
+    }
+    if (known && !equal(new Uint8Array(known.identity_key), contact.identityKey)) {
+      throw new ClientError(
+        'IDENTITY_CHANGED',
+        `${user}'s identity key has just changed; compare the new safety number ("qalqon safety-number ${user}") and run the command again`,
+      );
+    }
+    const done = await this.#submitChange(id, ({ state }) => {
+      const me = state.members.get(this.userId);
+      if (!me) throw new ClientError('CHANNEL_NOT_MEMBER', `you are not a member of ${channel} by its log`);
+      if (me.role !== 'manager') {
+        throw new ClientError('CHANNEL_NOT_MANAGER', `only a manager of ${channel} may add members`);
+      }
+      if (state.members.has(contact.userId)) {
+        throw new ClientError('INVALID_ARGUMENT', `${user} is already a member of ${channel}`);
+      }
+      return {
+        ...this.#changeBase(state),
+        op: 'add',
+        userId: contact.userId,
+        userName: user,
+        identityKey: encodeBase64(contact.identityKey),
+        role: options.manager ? 'manager' : 'member',
+      };
+    });
+    await this.#syncChannel(id, channel);
+    return { seq: done.seq };
+  }
+
+  /**
+   * `channel remove`: signs a `remove` of `user` (a manager removing anyone, or anyone
+   * removing themself: leaving). Every member's next message uses a new sender key.
+   */
+  async removeChannelMember(channel: string, user: string): Promise<{ seq: number }> {
+    checkUserName(user, 'user');
+    const id = await this.#channelId(channel);
+    await this.#syncChannel(id, channel);
+    const done = await this.#submitChange(id, ({ state }) => {
+      const me = state.members.get(this.userId);
+      if (!me) throw new ClientError('CHANNEL_NOT_MEMBER', `you are not a member of ${channel} by its log`);
+      const target = [...state.members.values()].find((m) => m.userName === user);
+      if (!target) throw new ClientError('CHANNEL_NOT_MEMBER', `${user} is not a member of ${channel}`);
+      if (target.userId !== this.userId && me.role !== 'manager') {
+        throw new ClientError('CHANNEL_NOT_MANAGER', `only a manager of ${channel} may remove others`);
+      }
+      return { ...this.#changeBase(state), op: 'remove', userId: target.userId };
+    });
+    if (user === this.userName) {
+      // Left: the server no longer serves the log to us, and our keys are of no further use.
+      this.#db.transaction(() => this.#channels.forgetKeys(id))();
+    } else {
+      await this.#syncChannel(id, channel);
+    }
+    return { seq: done.seq };
+  }
+
+  /**
+   * The devices a channel message goes to: every device of every member whose identity key,
+   * as the verified log binds it, is the one this profile trusts (learnt through the
+   * directory on first use, as for 1:1), and this user's other devices. Members that fail
+   * the check get nothing, with a warning.
+   */
+  async #channelRecipients(state: ChannelState): Promise<{ contact: Contact; deviceIds: number[] }[]> {
+    const out: { contact: Contact; deviceIds: number[] }[] = [];
+    for (const m of state.members.values()) {
+      let peer: { contact: Contact; devices: number[] };
+      try {
+        peer = await this.#refreshUser(m.userName);
+      } catch (err) {
+        if (
+          (isWireError(err) && err.code === 'USER_NOT_FOUND') ||
+          (err instanceof ClientError && err.code === 'NO_TRUSTED_DEVICE')
+        ) {
+          this.#opts.warning?.(`${m.userName} (a member of ${state.name}) has no device; they get no key`);
+          continue;
+        }
+        throw err;
+      }
+      const c = peer.contact;
+      if (c.userId !== m.userId) {
+        this.#opts.warning?.(
+          `the name ${m.userName} belongs to another account than the member of ${state.name}; they get no key`,
+        );
+        continue;
+      }
+      if (c.blocked || !equal(c.identityKey, m.identityKey)) {
+        this.#opts.warning?.(
+          c.blocked
+            ? `${m.userName}'s identity key changed after you verified it; they get no key for ${state.name} until you verify them again`
+            : `the log of ${state.name} binds another identity key for ${m.userName} than the one you trust; they get no key (compare the safety number)`,
+        );
+        continue;
+      }
+      const deviceIds = peer.devices.filter((d) => m.userId !== this.userId || d !== this.deviceId);
+      if (deviceIds.length > 0) out.push({ contact: c, deviceIds });
+    }
+    return out;
+  }
+
+  /**
+   * `channel send`: encrypts `text` once with this device's sender key for the channel and
+   * posts it for every member device. First, from the verified log: the recipients (see
+   * #channelRecipients); a new sender key if any device holding the current one is no
+   * longer a recipient or a member was removed since it was made; the current key handed
+   * over 1:1 to every recipient device that lacks it. Session records and the advanced
+   * sender key are committed before anything leaves.
+   */
+  async sendChannel(
+    channel: string,
+    text: string,
+  ): Promise<{ id: string; sentAt: number; distributionId: string; rotated: boolean; keysSent: number }> {
+    if (typeof text !== 'string' || text.length === 0 || utf8(text).length > MAX_TEXT_BYTES) {
+      throw new ClientError('INVALID_ARGUMENT', `"text" expected 1..${MAX_TEXT_BYTES} bytes of text`);
+    }
+    const channelId = await this.#channelId(channel);
+    await this.maintainPrekeys();
+    const { state, lastRemoveSeq } = await this.#syncChannel(channelId, channel);
+    const me = state.members.get(this.userId);
+    if (!me) throw new ClientError('CHANNEL_NOT_MEMBER', `you are not a member of ${channel} by its log`);
+    if (!equal(me.identityKey, this.#identity.publicKey)) {
+      throw new ClientError(
+        'IDENTITY_CHANGED',
+        `the log of ${channel} binds another identity key to you (your account was enrolled afresh); ask a manager to add you again`,
+      );
+    }
+    const targets = await this.#channelRecipients(state);
+    const recipients = new Set<string>();
+    for (const t of targets) for (const d of t.deviceIds) recipients.add(`${t.contact.userId}/${d}`);
+    const mustRotate = (own: ReturnType<ChannelStore['ownKey']>): boolean => {
+      if (!own || own.createdSeq < lastRemoveSeq) return true;
+      for (const h of this.#channels.holders(channelId, own.distributionId))
+        if (!recipients.has(h)) return true;
+      return false;
+    };
+    // Bundles (the network half) for the devices that will need the key and have no session.
+    const own = this.#channels.ownKey(channelId);
+    const held =
+      own && !mustRotate(own) ? this.#channels.holders(channelId, own.distributionId) : new Set<string>();
+    const plans: { contact: Contact; deviceIds: number[]; bundles: Map<number, PreKeyBundle> }[] = [];
+    for (const t of targets) {
+      const need = t.deviceIds.filter((d) => !held.has(`${t.contact.userId}/${d}`));
+      plans.push({
+        contact: t.contact,
+        deviceIds: t.deviceIds,
+        bundles: await this.#bundlesFor(t.contact, need),
+      });
+    }
+    const content: ChannelContent = {
+      v: 1,
+      id: Buffer.from(randomBytes(16)).toString('hex'),
+      sentAt: this.#now(),
+      from: this.userName,
+      channel: channelId,
+      text,
+    };
+    const now = this.#now();
+    const out = this.#db
+      .transaction(() => {
+        let key = this.#channels.ownKey(channelId);
+        let rotated = false;
+        if (mustRotate(key)) {
+          const fresh = createSenderKeyDistributionMessage(
+            SENDER_KEY_FORMAT,
+            randomBytes(DISTRIBUTION_ID_LEN),
+            undefined,
+          );
+          this.#channels.replaceOwnKey(channelId, fresh.record, state.seq, now);
+          key = this.#channels.ownKey(channelId)!;
+          rotated = true;
+        }
+        const current = key!;
+        const holders = this.#channels.holders(channelId, current.distributionId);
+        // The key at its current iteration: a device that gets it now cannot read earlier messages.
+        const skdm = createSenderKeyDistributionMessage(
+          SENDER_KEY_FORMAT,
+          current.distributionId,
+          current.record,
+        );
+        const handover: SenderKeyContent = {
+          v: 1,
+          kind: 'sender-key',
+          sentAt: now,
+          from: this.userName,
+          channel: channelId,
+          distribution: encodeBase64(skdm.message),
+        };
+        const handoverBytes = utf8(JSON.stringify(handover));
+        const pairwise: PairwiseEnvelope[] = [];
+        const given: { userId: string; deviceId: number }[] = [];
+        for (const p of plans) {
+          for (const d of p.deviceIds) {
+            if (holders.has(`${p.contact.userId}/${d}`)) continue;
+            const e = this.#sealPairwise(p.contact, d, p.bundles.get(d), handoverBytes);
+            if (e) {
+              pairwise.push(e);
+              given.push({ userId: p.contact.userId, deviceId: d });
+            } else {
+              this.#opts.warning?.(
+                `device ${d} of ${p.contact.name} has no session or trusted prekeys; it gets no key`,
+              );
+            }
+          }
+        }
+        const g = groupEncrypt(SENDER_KEY_FORMAT, current.record, utf8(JSON.stringify(content)));
+        this.#channels.updateOwnRecord(channelId, g.record);
+        this.#db
+          .prepare(
+            'INSERT OR IGNORE INTO messages (sender_user_id, message_id, sender_name, sender_device, peer, channel, text, sent_at, received_at, displayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)',
+          )
+          .run(
+            this.userId,
+            content.id,
+            this.userName,
+            this.deviceId,
+            state.name,
+            state.name,
+            text,
+            content.sentAt,
+            now,
+          );
+        const header = channelEnvelopeHeader(channelId);
+        const body = new Uint8Array(header.length + g.message.length);
+        body.set(header);
+        body.set(g.message, header.length);
+        return { pairwise, given, body, distributionId: current.distributionId, rotated };
+      })
+      .immediate();
+    // The keys first: the server queues in order, so every device reads the key before the message.
+    await this.#postPairwise(out.pairwise);
+    // Recorded only once delivered to the server: a key whose handover failed is handed over again next time.
+    this.#channels.addHolders(channelId, out.distributionId, out.given);
+    await this.#conn.request('POST', `/v1/channels/${channelId}/messages`, ChannelSendResponse, {
+      body: encodeBase64(out.body),
+    });
+    return {
+      id: content.id,
+      sentAt: content.sentAt,
+      distributionId: Buffer.from(out.distributionId).toString('hex'),
+      rotated: out.rotated,
+      keysSent: out.pairwise.length,
+    };
   }
 
   // --- receiving --------------------------------------------------------------------------
@@ -1098,6 +1700,7 @@ export class QalqonClient {
     body: Uint8Array;
   }): Promise<{ message?: ReceivedMessage; failure?: ReceiveFailure }> {
     if (this.#db.prepare('SELECT 1 FROM envelopes_seen WHERE id = ?').get(f.id)) return {};
+    let failureChannel: string | undefined;
     const fail = (code: string) => {
       this.#db.prepare('INSERT OR IGNORE INTO envelopes_seen (id, at) VALUES (?, ?)').run(f.id, this.#now());
       return {
@@ -1107,10 +1710,15 @@ export class QalqonClient {
           envelopeId: f.id,
           senderUserId: f.senderUserId,
           senderDeviceId: f.senderDeviceId,
+          ...(failureChannel !== undefined ? { channelId: failureChannel } : {}),
         },
       };
     };
     const type = f.body[0];
+    if (type === CHANNEL_ENVELOPE_TYPE) {
+      failureChannel = channelIdOfEnvelope(f.body);
+      return this.#handleChannelEnvelope(f, fail);
+    }
     if (type !== CiphertextMessageType.PreKey && type !== CiphertextMessageType.Whisper)
       return fail('INVALID_MESSAGE');
     const record = this.#loadSession(f.senderUserId, f.senderDeviceId);
@@ -1129,9 +1737,19 @@ export class QalqonClient {
       if (isProtocolError(err)) return fail(err.code);
       throw err;
     }
-    const parsed = Content.safeParse(safeJson(result.plaintext));
-    if (!parsed.success) return fail('INVALID_CONTENT');
-    const c = parsed.data;
+    const json = safeJson(result.plaintext);
+    const isHandover = typeof json === 'object' && json !== null && 'kind' in json;
+    let c: Content | SenderKeyContent;
+    if (isHandover) {
+      const parsed = SenderKeyContent.safeParse(json);
+      if (!parsed.success) return fail('INVALID_CONTENT');
+      c = parsed.data;
+      failureChannel = c.channel;
+    } else {
+      const parsed = Content.safeParse(json);
+      if (!parsed.success) return fail('INVALID_CONTENT');
+      c = parsed.data;
+    }
     // Who sent it: the server names the account, the session proves the identity key, and
     // the two must agree with what this profile knows (or, for a stranger, with the directory).
     let contact: Contact;
@@ -1165,14 +1783,22 @@ export class QalqonClient {
         }
         contact = this.#learnIdentity(f.senderUserId, c.from, result.remoteIdentityKey);
       }
-      if (c.to !== this.userName) return fail('INVALID_CONTENT');
+      if ('to' in c && c.to !== this.userName) return fail('INVALID_CONTENT');
+    }
+    // A sender key is taken only from a member the verified log names, with the identity
+    // key the log binds for them, from one of their current devices.
+    let distribution: Uint8Array | undefined;
+    if ('kind' in c) {
+      const refused = await this.#checkHandover(f, c, result.remoteIdentityKey);
+      if (typeof refused === 'string') return fail(refused);
+      distribution = refused;
     }
     const now = this.#now();
     // The checks above ran on a decryption outside any transaction (they may need the
     // network). The one that counts runs again inside an IMMEDIATE transaction on the record
     // as stored now, so a concurrent process on this profile (a `send`) cannot have its
-    // ratchet step overwritten, and the record, the prekey deletion, the message and the
-    // envelope id are committed together.
+    // ratchet step overwritten, and the record, the prekey deletion, the message (or the
+    // sender key) and the envelope id are committed together.
     const outcome = this.#db
       .transaction((): 'fresh' | 'repeat' | { code: string } => {
         if (this.#db.prepare('SELECT 1 FROM envelopes_seen WHERE id = ?').get(f.id)) return 'repeat';
@@ -1190,11 +1816,25 @@ export class QalqonClient {
           throw err;
         }
         if (!equal(final.remoteIdentityKey, result.remoteIdentityKey)) return { code: 'UNTRUSTED_IDENTITY' };
+        if (!equal(final.plaintext, result.plaintext)) return { code: 'INVALID_CONTENT' };
         this.#saveSession(f.senderUserId, f.senderDeviceId, final.record);
         const used = 'usedPreKeys' in final ? final.usedPreKeys : undefined;
         if (used?.preKeyId !== undefined)
           this.#db.prepare('DELETE FROM prekeys WHERE id = ?').run(used.preKeyId);
         this.#db.prepare('INSERT OR IGNORE INTO envelopes_seen (id, at) VALUES (?, ?)').run(f.id, now);
+        if ('kind' in c) {
+          const skdm = distribution as Uint8Array;
+          const { distributionId } = parseSenderKeyDistributionMessage(SENDER_KEY_FORMAT, skdm);
+          const existing = this.#channels.senderKey(
+            c.channel,
+            f.senderUserId,
+            f.senderDeviceId,
+            distributionId,
+          );
+          const next = processSenderKeyDistributionMessage(SENDER_KEY_FORMAT, existing, skdm);
+          this.#channels.saveSenderKey(c.channel, f.senderUserId, f.senderDeviceId, next, now);
+          return 'repeat';
+        }
         const inserted = this.#db
           .prepare(
             'INSERT OR IGNORE INTO messages (sender_user_id, message_id, sender_name, sender_device, peer, channel, text, sent_at, received_at, displayed) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, 0)',
@@ -1214,13 +1854,167 @@ export class QalqonClient {
       .immediate();
     if (typeof outcome === 'object') return fail(outcome.code);
     const fresh = outcome === 'fresh';
-    if (!fresh) return {};
+    if (!fresh || 'kind' in c) return {};
     return {
       message: {
         from: contact.name,
         device: f.senderDeviceId,
         channel: null,
         conversation: f.senderUserId === this.userId ? c.to : c.from,
+        text: c.text,
+        sentAt: c.sentAt,
+        id: c.id,
+      },
+    };
+  }
+
+  /**
+   * Checks a sender-key handover before it is stored: the log (refreshed) names its sender
+   * as a member with the identity key their session proved, the sending device is one of the
+   * sender's current devices, and the distribution message parses. Returns the distribution
+   * message, or the failure code.
+   */
+  async #checkHandover(
+    f: { senderUserId: string; senderDeviceId: number },
+    c: SenderKeyContent,
+    remoteIdentityKey: Uint8Array,
+  ): Promise<Uint8Array | string> {
+    const verified = await this.#verifiedForReceive(c.channel);
+    if (typeof verified === 'string') return verified;
+    const member = verified.state.members.get(f.senderUserId);
+    if (!member || member.userName !== c.from) return 'CHANNEL_NOT_MEMBER';
+    if (!equal(member.identityKey, remoteIdentityKey)) return 'UNTRUSTED_IDENTITY';
+    const u = await this.#conn
+      .request('GET', `/v1/keys/${encodeURIComponent(c.from)}/devices`, UserDevicesResponse)
+      .catch((err: unknown) => {
+        if (isWireError(err)) return undefined;
+        throw err;
+      });
+    if (!u || u.userId !== f.senderUserId || !u.devices.some((d) => d.deviceId === f.senderDeviceId)) {
+      return 'UNTRUSTED_IDENTITY';
+    }
+    const skdm = decodeBase64(c.distribution);
+    if (!skdm) return 'CHANNEL_MESSAGE_INVALID';
+    try {
+      // Parses and checks the distribution message's own signature; the record is built again in the transaction.
+      processSenderKeyDistributionMessage(SENDER_KEY_FORMAT, undefined, skdm);
+    } catch (err) {
+      if (isProtocolError(err)) return err.code;
+      throw err;
+    }
+    return skdm;
+  }
+
+  /**
+   * The verified state of a channel for the receive path: a refusal by the server (the
+   * channel is gone, or this user is no member) or a log that does not verify becomes a
+   * failure code; only an unreachable server is thrown (the envelope then comes again).
+   */
+  async #verifiedForReceive(channelId: string): Promise<CachedChannel | string> {
+    try {
+      return await this.#syncChannel(channelId);
+    } catch (err) {
+      if (err instanceof ClientError && err.code === 'CHANNEL_LOG_INVALID') {
+        this.#opts.warning?.(`${err.message} (channel ${channelId}); its messages are not shown`);
+        return 'CHANNEL_LOG_INVALID';
+      }
+      if (isWireError(err)) {
+        const cached = this.#channels.cached(channelId);
+        // Removed from the channel: the server no longer serves its log; what this device verified before still holds.
+        if (
+          cached &&
+          (err.code === 'NOT_A_MEMBER' || err.code === 'FORBIDDEN' || err.code === 'CHANNEL_NOT_FOUND')
+        )
+          return cached;
+        return 'CHANNEL_NOT_FOUND';
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * A channel envelope: decrypted with the sender key this device holds for the sending
+   * device, shown only if the verified log names the sender as a member and the content
+   * names this channel and that sender. Stored and committed as a 1:1 message is.
+   */
+  async #handleChannelEnvelope(
+    f: { id: string; senderUserId: string; senderDeviceId: number; body: Uint8Array },
+    fail: (code: string) => { failure: ReceiveFailure },
+  ): Promise<{ message?: ReceivedMessage; failure?: ReceiveFailure }> {
+    const channelId = channelIdOfEnvelope(f.body);
+    if (channelId === undefined) return fail('INVALID_MESSAGE');
+    const sealed = f.body.subarray(channelEnvelopeHeader(channelId).length);
+    let distributionId: Uint8Array;
+    try {
+      distributionId = parseSenderKeyMessage(SENDER_KEY_FORMAT, sealed).distributionId.slice();
+    } catch (err) {
+      if (isProtocolError(err)) return fail(err.code);
+      throw err;
+    }
+    const verified = await this.#verifiedForReceive(channelId);
+    if (typeof verified === 'string') return fail(verified);
+    const { state } = verified;
+    const member = state.members.get(f.senderUserId);
+    if (!member) return fail('CHANNEL_NOT_MEMBER');
+    const decrypt = ():
+      | { record: ReturnType<typeof groupDecrypt>['record']; content: ChannelContent }
+      | string => {
+      const record = this.#channels.senderKey(channelId, f.senderUserId, f.senderDeviceId, distributionId);
+      if (!record) return 'NO_SENDER_KEY';
+      let r: ReturnType<typeof groupDecrypt>;
+      try {
+        r = groupDecrypt(SENDER_KEY_FORMAT, record, sealed);
+      } catch (err) {
+        if (isProtocolError(err)) return err.code === 'NO_SESSION' ? 'NO_SENDER_KEY' : err.code;
+        throw err;
+      }
+      const parsed = ChannelContent.safeParse(safeJson(r.plaintext));
+      if (!parsed.success) return 'CHANNEL_MESSAGE_INVALID';
+      if (parsed.data.channel !== channelId || parsed.data.from !== member.userName)
+        return 'CHANNEL_MESSAGE_INVALID';
+      return { record: r.record, content: parsed.data };
+    };
+    const first = decrypt();
+    if (typeof first === 'string') return fail(first);
+    const now = this.#now();
+    // Again on the record as stored now, inside the transaction that commits its successor,
+    // the message and the envelope id together (a concurrent process may have moved it).
+    const outcome = this.#db
+      .transaction(
+        (): 'fresh' | 'repeat' | { code: string; content?: undefined } | { content: ChannelContent } => {
+          if (this.#db.prepare('SELECT 1 FROM envelopes_seen WHERE id = ?').get(f.id)) return 'repeat';
+          const r = decrypt();
+          if (typeof r === 'string') return { code: r };
+          this.#channels.updateSenderKey(channelId, f.senderUserId, f.senderDeviceId, r.record);
+          this.#db.prepare('INSERT OR IGNORE INTO envelopes_seen (id, at) VALUES (?, ?)').run(f.id, now);
+          const inserted = this.#db
+            .prepare(
+              'INSERT OR IGNORE INTO messages (sender_user_id, message_id, sender_name, sender_device, peer, channel, text, sent_at, received_at, displayed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0)',
+            )
+            .run(
+              f.senderUserId,
+              r.content.id,
+              member.userName,
+              f.senderDeviceId,
+              state.name,
+              state.name,
+              r.content.text,
+              r.content.sentAt,
+              now,
+            ).changes;
+          return inserted === 1 ? { content: r.content } : 'repeat';
+        },
+      )
+      .immediate();
+    if (outcome === 'repeat' || outcome === 'fresh') return {};
+    if ('code' in outcome && outcome.code !== undefined) return fail(outcome.code);
+    const c = (outcome as { content: ChannelContent }).content;
+    return {
+      message: {
+        from: member.userName,
+        device: f.senderDeviceId,
+        channel: state.name,
+        conversation: state.name,
         text: c.text,
         sentAt: c.sentAt,
         id: c.id,
@@ -1307,6 +2101,173 @@ export class QalqonClient {
       );
     }
     this.#db.prepare('UPDATE contacts SET verified = 1, blocked = 0 WHERE user_id = ?').run(contact.userId);
+  }
+  // --- remote administration --------------------------------------------------------------
+  //
+  // The routes of @qalqon/wire rbac.ts over this device's pinned, signed-in connection. The
+  // server decides every request by the caller's roles (FORBIDDEN otherwise). Each answer is
+  // parsed with its wire schema and returned as that schema's output (the shapes the local
+  // admin socket answers with); routes that answer OkResponse return nothing.
+
+  /** `GET /v1/me`: this user's id, name, device, grants, org units and global permissions. */
+  async me(): Promise<z.output<typeof MeResponse>> {
+    await this.#signIn();
+    return this.#conn.request('GET', '/v1/me', MeResponse);
+  }
+
+  async adminListUsers(): Promise<z.output<typeof AdminUsersResponse>> {
+    await this.#signIn();
+    return this.#conn.request('GET', '/v1/admin/users', AdminUsersResponse);
+  }
+
+  /** Creates a user and returns their one-time enrolment code (shown once). */
+  async adminAddUser(input: {
+    name: string;
+    roles?: readonly string[] | undefined;
+    unit?: string | undefined;
+  }): Promise<z.output<typeof AdminUserAddResponse>> {
+    checkUserName(input.name, 'name');
+    await this.#signIn();
+    return this.#conn.request('POST', '/v1/admin/users', AdminUserAddResponse, {
+      name: input.name,
+      ...(input.roles !== undefined ? { roles: [...input.roles] } : {}),
+      ...(input.unit !== undefined ? { unit: input.unit } : {}),
+    });
+  }
+
+  async adminRemoveUser(name: string): Promise<void> {
+    checkUserName(name, 'name');
+    await this.#signIn();
+    await this.#conn.request('DELETE', `/v1/admin/users/${encodeURIComponent(name)}`, OkResponse);
+  }
+
+  async adminListRoles(): Promise<z.output<typeof RolesResponse>> {
+    await this.#signIn();
+    return this.#conn.request('GET', '/v1/admin/roles', RolesResponse);
+  }
+
+  async adminCreateRole(input: {
+    name: string;
+    permissions: readonly string[];
+  }): Promise<z.output<typeof RoleInfo>> {
+    checkUserName(input.name, 'name');
+    await this.#signIn();
+    return this.#conn.request('POST', '/v1/admin/roles', RoleInfo, {
+      name: input.name,
+      permissions: [...input.permissions],
+    });
+  }
+
+  async adminDeleteRole(name: string): Promise<void> {
+    checkUserName(name, 'name');
+    await this.#signIn();
+    await this.#conn.request('DELETE', `/v1/admin/roles/${encodeURIComponent(name)}`, OkResponse);
+  }
+
+  /** Every grant, or one user's. */
+  async adminListGrants(user?: string): Promise<z.output<typeof GrantsResponse>> {
+    if (user !== undefined) checkUserName(user, 'user');
+    await this.#signIn();
+    const q = user === undefined ? '' : `?user=${encodeURIComponent(user)}`;
+    return this.#conn.request('GET', `/v1/admin/grants${q}`, GrantsResponse);
+  }
+
+  /** Gives `role` to `user` in `scope` (`{kind:'global'}`, `{kind:'unit', unit}` or `{kind:'channel', channel}`). */
+  async adminGrant(input: { user: string; role: string; scope: GrantScopeJson }): Promise<void> {
+    checkUserName(input.user, 'user');
+    checkUserName(input.role, 'role');
+    await this.#signIn();
+    await this.#conn.request('POST', '/v1/admin/grants', OkResponse, {
+      user: input.user,
+      role: input.role,
+      scope: input.scope,
+    });
+  }
+
+  async adminRevoke(input: { user: string; role: string; scope: GrantScopeJson }): Promise<void> {
+    checkUserName(input.user, 'user');
+    checkUserName(input.role, 'role');
+    await this.#signIn();
+    await this.#conn.request('POST', '/v1/admin/grants/revoke', OkResponse, {
+      user: input.user,
+      role: input.role,
+      scope: input.scope,
+    });
+  }
+
+  async adminListOrgUnits(): Promise<z.output<typeof OrgUnitsResponse>> {
+    await this.#signIn();
+    return this.#conn.request('GET', '/v1/admin/org', OrgUnitsResponse);
+  }
+
+  async adminCreateOrgUnit(input: {
+    name: string;
+    parent?: string | undefined;
+  }): Promise<z.output<typeof OrgUnitInfo>> {
+    checkUserName(input.name, 'name');
+    if (input.parent !== undefined) checkUserName(input.parent, 'parent');
+    await this.#signIn();
+    return this.#conn.request('POST', '/v1/admin/org', OrgUnitInfo, {
+      name: input.name,
+      ...(input.parent !== undefined ? { parent: input.parent } : {}),
+    });
+  }
+
+  async adminRemoveOrgUnit(name: string): Promise<void> {
+    checkUserName(name, 'name');
+    await this.#signIn();
+    await this.#conn.request('DELETE', `/v1/admin/org/${encodeURIComponent(name)}`, OkResponse);
+  }
+
+  /** Puts `user` in the org unit `unit`. */
+  async adminAssignOrgUnit(unit: string, user: string): Promise<void> {
+    checkUserName(unit, 'unit');
+    checkUserName(user, 'user');
+    await this.#signIn();
+    await this.#conn.request('POST', `/v1/admin/org/${encodeURIComponent(unit)}/users`, OkResponse, { user });
+  }
+
+  /** Takes `user` out of the org unit `unit`. */
+  async adminUnassignOrgUnit(unit: string, user: string): Promise<void> {
+    checkUserName(unit, 'unit');
+    checkUserName(user, 'user');
+    await this.#signIn();
+    await this.#conn.request('POST', `/v1/admin/org/${encodeURIComponent(unit)}/users/remove`, OkResponse, {
+      user,
+    });
+  }
+
+  /** Audit records in seq order: after `after`, at or after `since` (ms), at most `limit`. */
+  async adminAuditList(
+    options: { since?: number | undefined; after?: number | undefined; limit?: number | undefined } = {},
+  ): Promise<z.output<typeof AuditListResponse>> {
+    const q: string[] = [];
+    for (const [k, v] of [
+      ['since', options.since],
+      ['after', options.after],
+      ['limit', options.limit],
+    ] as const) {
+      if (v === undefined) continue;
+      if (!Number.isSafeInteger(v) || v < (k === 'limit' ? 1 : 0)) {
+        throw new ClientError(
+          'INVALID_ARGUMENT',
+          `"${k}" expected a ${k === 'limit' ? 'positive' : 'non-negative'} integer`,
+        );
+      }
+      q.push(`${k}=${v}`);
+    }
+    await this.#signIn();
+    return this.#conn.request(
+      'GET',
+      `/v1/admin/audit${q.length > 0 ? `?${q.join('&')}` : ''}`,
+      AuditListResponse,
+    );
+  }
+
+  /** Walks the server's audit chain and checks its signed head. */
+  async adminAuditVerify(): Promise<z.output<typeof AuditVerifyResponse>> {
+    await this.#signIn();
+    return this.#conn.request('GET', '/v1/admin/audit/verify', AuditVerifyResponse);
   }
 }
 

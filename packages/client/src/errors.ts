@@ -35,7 +35,19 @@ export type ClientErrorCode =
   /** The link handover could not be opened or does not match the link code (tampered, or another slot). */
   | 'LINK_HANDOVER_INVALID'
   /** Waiting for a link approval ran past its deadline. */
-  | 'LINK_TIMEOUT';
+  | 'LINK_TIMEOUT'
+  /** No channel of that name is among yours (you are not a member, or it does not exist). */
+  | 'CHANNEL_NOT_FOUND'
+  /** A channel's membership log, as the server serves it, does not verify (a forged, altered, reordered or withheld change). */
+  | 'CHANNEL_LOG_INVALID'
+  /** The verified log does not name that user (or you) as a member of the channel; as a receive failure, the sender is not a member. */
+  | 'CHANNEL_NOT_MEMBER'
+  /** Only a manager of the channel (by its verified log) may add members or remove others. */
+  | 'CHANNEL_NOT_MANAGER'
+  /** Receive failure: no sender key for a channel message (never handed to this device: sent before you joined or after you left). */
+  | 'NO_SENDER_KEY'
+  /** Receive failure: a channel message or sender-key handover is malformed, or names another channel or sender than its envelope. */
+  | 'CHANNEL_MESSAGE_INVALID';
 
 export class ClientError extends Error {
   readonly code: ClientErrorCode;

@@ -20,7 +20,6 @@ import type { KeystoreKind, WrappedKey } from './keystore.js';
 export const SETTINGS_FILE = 'profile.json';
 export const DATABASE_FILE = 'client.db';
 const SETTINGS_FORMAT = 1;
-const SCHEMA_VERSION = 1;
 
 export interface ProfileSettings {
   readonly format: 1;
@@ -84,7 +83,8 @@ export function createProfileDir(dir: string): void {
   }
 }
 
-const SCHEMA = `
+/** Version 1: the 1:1 client (identity, prekeys, sessions, contacts, history). */
+export const SCHEMA_V1 = `
 CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT;
 CREATE TABLE prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL) STRICT;
 CREATE TABLE signed_prekeys (id INTEGER PRIMARY KEY, record BLOB NOT NULL, created_at INTEGER NOT NULL) STRICT;
@@ -108,11 +108,84 @@ CREATE TABLE messages (
   PRIMARY KEY (sender_user_id, message_id)) STRICT;
 `;
 
+/**
+ * Version 2: channels. A verified copy of each channel's signed membership log, the state
+ * it replays to (so a later sync verifies only the new changes), this device's own sender
+ * key per channel with the devices it was handed to, and the sender keys received from
+ * other members' devices. Channel messages go in `messages` with `channel` set.
+ */
+const SCHEMA_V2 = `
+-- One row per channel this device has verified the log of: the replayed state's head.
+CREATE TABLE channels (
+  id TEXT PRIMARY KEY, name TEXT NOT NULL, seq INTEGER NOT NULL, head TEXT NOT NULL,
+  -- The seq of the last 'remove' in the log (-1 for none): a sender key older than it is replaced.
+  last_remove_seq INTEGER NOT NULL) STRICT;
+-- The verified changes, exactly as signed.
+CREATE TABLE channel_log (
+  channel_id TEXT NOT NULL, seq INTEGER NOT NULL, change BLOB NOT NULL, signature BLOB NOT NULL,
+  PRIMARY KEY (channel_id, seq)) STRICT;
+-- The members the verified log names, with the identity key it binds for each.
+CREATE TABLE channel_members (
+  channel_id TEXT NOT NULL, user_id TEXT NOT NULL, user_name TEXT NOT NULL,
+  identity_key BLOB NOT NULL, role TEXT NOT NULL, added_seq INTEGER NOT NULL,
+  PRIMARY KEY (channel_id, user_id)) STRICT;
+-- This device's sender key for the channel (the record holds the signing private key).
+CREATE TABLE channel_own_keys (
+  channel_id TEXT PRIMARY KEY, distribution_id BLOB NOT NULL, record BLOB NOT NULL,
+  -- The log seq when it was made: a 'remove' after it forces a new key.
+  created_seq INTEGER NOT NULL, created_at INTEGER NOT NULL) STRICT;
+-- The devices the current own sender key was handed to (over their 1:1 sessions).
+CREATE TABLE channel_key_holders (
+  channel_id TEXT NOT NULL, distribution_id BLOB NOT NULL, user_id TEXT NOT NULL, device_id INTEGER NOT NULL,
+  PRIMARY KEY (channel_id, distribution_id, user_id, device_id)) STRICT;
+-- Sender keys received from other devices, per channel, sender device and distribution id.
+CREATE TABLE channel_sender_keys (
+  channel_id TEXT NOT NULL, user_id TEXT NOT NULL, device_id INTEGER NOT NULL,
+  distribution_id BLOB NOT NULL, record BLOB NOT NULL, updated_at INTEGER NOT NULL,
+  PRIMARY KEY (channel_id, user_id, device_id, distribution_id)) STRICT;
+`;
+
+/**
+ * The schema as a list of steps: step i takes a database from version i to version i + 1.
+ * A new profile runs them all; an existing one the steps it has not had yet, all in one
+ * transaction, so an upgrade either completes or leaves the profile as it was.
+ */
+export const SCHEMA_STEPS: readonly string[] = [SCHEMA_V1, SCHEMA_V2];
+export const SCHEMA_VERSION = SCHEMA_STEPS.length;
+
 export type ClientDatabase = Database.Database;
 
 function isNotADb(err: unknown): boolean {
   const code = err instanceof Error ? (err as { code?: unknown }).code : undefined;
   return code === 'SQLITE_NOTADB';
+}
+
+function schemaVersion(db: ClientDatabase): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/**
+ * Brings the database to SCHEMA_VERSION. Runs in an IMMEDIATE transaction that reads the
+ * version again, so two processes opening an old profile at once upgrade it once. A
+ * version newer than this code knows is refused (the profile was opened by a newer client).
+ */
+function migrate(db: ClientDatabase): void {
+  const check = (version: number) => {
+    if (!Number.isSafeInteger(version) || version < 0 || version > SCHEMA_VERSION) {
+      throw new ClientError(
+        'PROFILE_CORRUPT',
+        `the profile database has unknown schema version ${version} (this client knows up to ${SCHEMA_VERSION})`,
+      );
+    }
+  };
+  check(schemaVersion(db));
+  if (schemaVersion(db) === SCHEMA_VERSION) return;
+  db.transaction(() => {
+    const from = schemaVersion(db);
+    check(from);
+    for (let v = from; v < SCHEMA_VERSION; v++) db.exec(SCHEMA_STEPS[v]!);
+    db.pragma(`user_version=${SCHEMA_VERSION}`);
+  }).immediate();
 }
 
 /** Opens (creating with `create`) the SQLCipher database of a profile with its raw key. */
@@ -147,15 +220,7 @@ export function openDatabase(dir: string, key: Uint8Array, create: boolean): Cli
     // Sorts and temporary tables stay in memory, never in an unencrypted temp file.
     db.pragma('temp_store=MEMORY');
     db.pragma('busy_timeout=5000');
-    const version = db.pragma('user_version', { simple: true }) as number;
-    if (version === 0) {
-      db.transaction(() => {
-        db.exec(SCHEMA);
-        db.pragma(`user_version=${SCHEMA_VERSION}`);
-      })();
-    } else if (version !== SCHEMA_VERSION) {
-      throw new ClientError('PROFILE_CORRUPT', `the profile database has unknown schema version ${version}`);
-    }
+    migrate(db);
     return db;
   } catch (err) {
     db.close();

@@ -1,0 +1,181 @@
+/**
+ * The profile database's schema upgrade, on real SQLCipher files: a version-1 profile (the
+ * 1:1 client) opened by this code becomes version 2 (channels) with every row kept; an
+ * upgrade that fails leaves the file as it was; a version newer than this code is refused.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from '@qalqon/crypto';
+import Database from 'better-sqlite3-multiple-ciphers';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { isClientError } from './errors.js';
+import { DATABASE_FILE, openDatabase, SCHEMA_STEPS, SCHEMA_V1, SCHEMA_VERSION } from './store.js';
+
+let dir: string;
+let key: Uint8Array;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'qalqon-store-'));
+  key = randomBytes(32);
+});
+afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Opens the file with the profile's cipher settings but without any schema handling. */
+function rawOpen(): Database.Database {
+  const db = new Database(join(dir, DATABASE_FILE));
+  db.pragma(`cipher='sqlcipher'`);
+  db.pragma('legacy=4');
+  db.pragma(`key="x'${Buffer.from(key).toString('hex')}'"`);
+  return db;
+}
+
+/** A profile database as the version-1 client wrote it, with some history in it. */
+function writeVersion1(extra?: string): void {
+  const db = rawOpen();
+  db.exec(SCHEMA_V1);
+  if (extra) db.exec(extra);
+  db.prepare('INSERT INTO meta (key, value) VALUES (?, ?)').run('user_name', 'alice');
+  db.prepare('INSERT INTO contacts (user_id, name, identity_key, verified) VALUES (?, ?, ?, 1)').run(
+    'b'.repeat(32),
+    'bob',
+    Buffer.alloc(33, 5),
+  );
+  db.prepare(
+    'INSERT INTO messages (sender_user_id, message_id, sender_name, sender_device, peer, channel, text, sent_at, received_at, displayed) VALUES (?, ?, ?, 1, ?, NULL, ?, 1, 2, 0)',
+  ).run('b'.repeat(32), 'c'.repeat(32), 'bob', 'bob', 'hello from version 1');
+  db.pragma('user_version=1');
+  db.close();
+}
+
+function tables(db: Database.Database): string[] {
+  return (
+    db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as {
+      name: string;
+    }[]
+  ).map((r) => r.name);
+}
+
+describe('profile database schema', () => {
+  it('is at version 2 with the channel tables', () => {
+    expect(SCHEMA_VERSION).toBe(2);
+    expect(SCHEMA_STEPS[0]).toBe(SCHEMA_V1);
+  });
+
+  it('upgrades a version-1 profile to version 2, keeping every row', () => {
+    writeVersion1();
+    const db = openDatabase(dir, key, false);
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(tables(db)).toEqual(
+        expect.arrayContaining([
+          'meta',
+          'contacts',
+          'messages',
+          'sessions',
+          'channels',
+          'channel_log',
+          'channel_members',
+          'channel_own_keys',
+          'channel_key_holders',
+          'channel_sender_keys',
+        ]),
+      );
+      expect(db.prepare('SELECT value FROM meta WHERE key = ?').get('user_name')).toEqual({ value: 'alice' });
+      expect(db.prepare('SELECT name, verified FROM contacts').all()).toEqual([{ name: 'bob', verified: 1 }]);
+      expect(db.prepare('SELECT text, displayed FROM messages').all()).toEqual([
+        { text: 'hello from version 1', displayed: 0 },
+      ]);
+      // The new tables are usable (STRICT: wrong types are refused).
+      db.prepare('INSERT INTO channels (id, name, seq, head, last_remove_seq) VALUES (?, ?, 0, ?, -1)').run(
+        'd'.repeat(32),
+        'ops',
+        'e'.repeat(64),
+      );
+      expect(() =>
+        db
+          .prepare('INSERT INTO channels (id, name, seq, head, last_remove_seq) VALUES (?, ?, ?, ?, -1)')
+          .run('f'.repeat(32), 'x', 'not a number', 'e'.repeat(64)),
+      ).toThrow();
+    } finally {
+      db.close();
+    }
+    // Opening again is a no-op: same version, same rows.
+    const again = openDatabase(dir, key, false);
+    try {
+      expect(again.pragma('user_version', { simple: true })).toBe(2);
+      expect(again.prepare('SELECT count(*) AS n FROM channels').get()).toEqual({ n: 1 });
+      expect(again.prepare('SELECT count(*) AS n FROM messages').get()).toEqual({ n: 1 });
+    } finally {
+      again.close();
+    }
+    // Still an encrypted file: no SQLite header, no message text in the clear.
+    const bytes = readFileSync(join(dir, DATABASE_FILE));
+    expect(bytes.subarray(0, 15).toString('latin1')).not.toBe('SQLite format 3');
+    expect(bytes.includes(Buffer.from('hello from version 1'))).toBe(false);
+  });
+
+  it('creates a new profile at version 2 directly', () => {
+    const db = openDatabase(dir, key, true);
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(tables(db)).toEqual(expect.arrayContaining(['messages', 'channels', 'channel_sender_keys']));
+    } finally {
+      db.close();
+    }
+  });
+
+  it('leaves a version-1 profile untouched when the upgrade fails', () => {
+    // A table in the way of the upgrade: the step fails half-way, and nothing of it may stay.
+    writeVersion1('CREATE TABLE channel_sender_keys (x INTEGER);');
+    let err: unknown;
+    try {
+      openDatabase(dir, key, false).close();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeDefined();
+    const db = rawOpen();
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(1);
+      expect(tables(db)).not.toContain('channels');
+      expect(tables(db)).not.toContain('channel_log');
+      expect(db.prepare('SELECT text FROM messages').all()).toEqual([{ text: 'hello from version 1' }]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('refuses a profile of a newer version, without changing it', () => {
+    writeVersion1();
+    const raw = rawOpen();
+    raw.pragma('user_version=3');
+    raw.close();
+    let err: unknown;
+    try {
+      openDatabase(dir, key, false).close();
+    } catch (e) {
+      err = e;
+    }
+    expect(isClientError(err, 'PROFILE_CORRUPT')).toBe(true);
+    expect((err as Error).message).toContain('3');
+    const db = rawOpen();
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
+      expect(tables(db)).not.toContain('channels');
+    } finally {
+      db.close();
+    }
+  });
+
+  it('refuses the wrong key before looking at the schema', () => {
+    writeVersion1();
+    let err: unknown;
+    try {
+      openDatabase(dir, randomBytes(32), false).close();
+    } catch (e) {
+      err = e;
+    }
+    expect(isClientError(err, 'DATABASE_UNREADABLE')).toBe(true);
+  });
+});
