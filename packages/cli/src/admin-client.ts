@@ -18,6 +18,8 @@ export function adminRequest(dataDir: string, body: AdminRequestJson): Promise<R
     const req = request(
       {
         socketPath,
+        // One connection per request: a pooled one could outlive the server it went to.
+        agent: false,
         method: 'POST',
         path: '/admin',
         headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) },

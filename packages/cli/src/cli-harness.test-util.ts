@@ -136,3 +136,51 @@ export async function userNames(data: string): Promise<string[]> {
   expect(r.code).toBe(0);
   return (oneJson(r.out) as { users: { name: string }[] }).users.map((u) => u.name).sort();
 }
+
+/** The passphrase of the test profiles (`--keystore passphrase`, read from QALQON_PASSPHRASE). */
+export const TEST_PASSPHRASE = 'correct horse battery staple';
+
+/** Where a test's server is: its URL and pin, and the data directory of its admin socket. */
+export interface TestServer {
+  readonly url: string;
+  readonly pin: string;
+  readonly data: string;
+}
+
+/**
+ * Adds user `name` over the admin socket (with `addArgs`, e.g. `--role auditor`) and enrols
+ * a device of theirs into `profile` with the passphrase keystore (QALQON_PASSPHRASE must
+ * be set to TEST_PASSPHRASE).
+ */
+export async function addAndEnrol(
+  server: TestServer,
+  profile: string,
+  name: string,
+  ...addArgs: string[]
+): Promise<void> {
+  const add = await qalqon('admin', '--data', server.data, 'user', 'add', name, ...addArgs, '--json');
+  expect(add.err).toBe('');
+  expect(add.code).toBe(0);
+  const code = String(oneJson(add.out).enrollmentCode);
+  const enrolled = await qalqon(
+    'enroll',
+    '--server',
+    server.url,
+    '--pin',
+    server.pin,
+    '--code',
+    code,
+    '--profile',
+    profile,
+    '--keystore',
+    'passphrase',
+    '--json',
+  );
+  expect(enrolled.code, enrolled.err).toBe(0);
+  expect(oneJson(enrolled.out)).toMatchObject({ user: name });
+}
+
+/** stderr without the notice every command on a passphrase-keystore profile prints first. */
+export function withoutKeystoreNotice(err: string): string {
+  return err.replace(/^qalqon: using the passphrase keystore[^\n]*\n/, '');
+}

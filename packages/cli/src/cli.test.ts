@@ -157,7 +157,7 @@ describe('qalqon server start + admin over the unix socket', () => {
     const dup = await qalqon('admin', '--data', data, 'user', 'add', 'bob', '--json');
     expect(dup.code).toBe(1);
     expect(dup.out).toBe('');
-    expect(dup.err).toBe('qalqon: a user named bob already exists.\n');
+    expect(dup.err).toBe('qalqon: a user named bob already exists (USER_EXISTS).\n');
 
     const list = oneJson((await qalqon('admin', '--data', data, 'user', 'list', '--json')).out) as {
       users: { name: string; roles: string[]; enrolled: boolean; devices: number }[];
@@ -174,7 +174,7 @@ describe('qalqon server start + admin over the unix socket', () => {
     expect(noDevice.code).toBe(1);
     expect(noDevice.err).toMatch(/has no device 1/);
     const human = await qalqon('admin', '--data', data, 'user', 'list');
-    expect(human.out).toMatch(/^admin\troles=admin\tnot enrolled\tdevices=0\nbob\t/);
+    expect(human.out).toMatch(/^admin\troles=admin\tunits=-\tnot enrolled\tdevices=0\nbob\t/);
     expect(oneJson((await qalqon('admin', '--data', data, 'user', 'remove', 'bob', '--json')).out)).toEqual({
       user: 'bob',
       removed: true,

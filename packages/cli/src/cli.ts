@@ -1,9 +1,10 @@
 /**
- * The `qalqon` command (SPEC section 3): `server init|start` and `admin ...` here, the
- * client commands (enroll, link, device, send, recv, safety-number, verify, repin) in
+ * The `qalqon` command (SPEC section 3): `server init|start` here, `admin ...` (local over
+ * the admin socket, or remote with --profile) in admin-commands.ts, the client commands
+ * (enroll, link, device, channel, send, recv, safety-number, verify, repin) in
  * client-commands.ts. Rules every command keeps: with `--json` it
  * prints one JSON object (or JSON lines for a stream) and nothing else on stdout; errors go
- * to stderr as one sentence; exit 1 for a refused operation, 2 for bad usage; secrets are
+ * to stderr as one sentence (a server's refusal ends with its code, e.g. "(ROLE_IN_USE)"); exit 1 for a refused operation, 2 for bad usage; secrets are
  * never printed except enrolment codes, which these commands exist to print.
  */
 import { isAbsolute } from 'node:path';
@@ -17,8 +18,8 @@ import {
   runServer,
   urlHasPassword,
 } from '@qalqon/server';
-import { AdminKmsRotation, AdminKmsStatus, type AdminRequestJson, isWireError } from '@qalqon/wire';
-import { adminRequest } from './admin-client.js';
+import { isWireError } from '@qalqon/wire';
+import { ADMIN_USAGE, adminCommand } from './admin-commands.js';
 import { CLIENT_COMMANDS, CLIENT_USAGE, clientCommand } from './client-commands.js';
 import { type CliIo, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError } from './io.js';
 
@@ -29,16 +30,7 @@ export const USAGE = `usage:
   qalqon server init  --data DIR (--database-url-env VAR | --database-url URL_WITHOUT_PASSWORD)
                       [--database-ssl] [other init options] [--json]
   qalqon server start --data DIR [--listen HOST:PORT] [--hostname NAME] [--json]
-  qalqon admin --data DIR user add NAME [--role ROLE ...] [--json]
-  qalqon admin --data DIR user code NAME [--json]
-  qalqon admin --data DIR user list [--json]
-  qalqon admin --data DIR user remove NAME [--json]
-  qalqon admin --data DIR device list NAME [--json]
-  qalqon admin --data DIR device remove NAME DEVICE_ID [--json]
-  qalqon admin --data DIR kms status [--json]
-  qalqon admin --data DIR kms rotate [--json]
-  qalqon admin --data DIR kms destroy KEY_ID [--json]
-${CLIENT_USAGE}`;
+${ADMIN_USAGE}${CLIENT_USAGE}`;
 
 const OPTIONS = {
   data: { type: 'string' },
@@ -57,6 +49,11 @@ const OPTIONS = {
   'database-url': { type: 'string' },
   'database-ssl': { type: 'boolean' },
   role: { type: 'string', multiple: true },
+  unit: { type: 'string' },
+  permission: { type: 'string', multiple: true },
+  parent: { type: 'string' },
+  since: { type: 'string' },
+  manager: { type: 'boolean' },
   server: { type: 'string' },
   code: { type: 'string' },
   profile: { type: 'string' },
@@ -85,6 +82,11 @@ type Values = {
   'database-url'?: string;
   'database-ssl'?: boolean;
   role?: string[];
+  unit?: string;
+  permission?: string[];
+  parent?: string;
+  since?: string;
+  manager?: boolean;
   server?: string;
   code?: string;
   profile?: string;
@@ -284,104 +286,6 @@ async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: R
   throw new UsageError(`unknown command "server ${sub ?? ''}"`.trimEnd());
 }
 
-function adminBody(rest: string[]): AdminRequestJson {
-  const [area, verb, ...args] = rest;
-  const key = `${area ?? ''} ${verb ?? ''}`.trim();
-  switch (key) {
-    case 'user add':
-      exactly(args, 1, 'a user name: user add NAME');
-      return { op: 'user.add', name: args[0]! };
-    case 'user code':
-      exactly(args, 1, 'a user name: user code NAME');
-      return { op: 'user.code', name: args[0]! };
-    case 'user list':
-      exactly(args, 0, 'no arguments after "user list"');
-      return { op: 'user.list' };
-    case 'user remove':
-      exactly(args, 1, 'a user name: user remove NAME');
-      return { op: 'user.remove', name: args[0]! };
-    case 'device list':
-      exactly(args, 1, 'a user name: device list NAME');
-      return { op: 'device.list', name: args[0]! };
-    case 'device remove': {
-      exactly(args, 2, 'a user name and device id: device remove NAME DEVICE_ID');
-      const id = args[1]!;
-      if (!/^[1-9][0-9]{0,9}$/.test(id)) throw new UsageError('DEVICE_ID must be a positive integer');
-      return { op: 'device.remove', name: args[0]!, deviceId: Number(id) };
-    }
-    case 'kms status':
-      exactly(args, 0, 'no arguments after "kms status"');
-      return { op: 'kms.status' };
-    case 'kms rotate':
-      exactly(args, 0, 'no arguments after "kms rotate"');
-      return { op: 'kms.rotate' };
-    case 'kms destroy': {
-      exactly(args, 1, 'a key version: kms destroy KEY_ID');
-      const keyId = args[0]!;
-      if (!/^[A-Za-z0-9._-]{1,64}$/.test(keyId)) {
-        throw new UsageError('KEY_ID must be a key version id as "kms status" shows it');
-      }
-      return { op: 'kms.destroy', keyId };
-    }
-    default:
-      throw new UsageError(`unknown command "admin ${key}"`.trimEnd());
-  }
-}
-
-function printAdmin(io: CliIo, op: AdminRequestJson['op'], r: Record<string, unknown>, json: boolean): void {
-  if (json) {
-    io.stdout(`${JSON.stringify(r)}\n`);
-    return;
-  }
-  switch (op) {
-    case 'user.add':
-    case 'user.code':
-      io.stdout(
-        `One-time enrolment code for user "${String(r.user)}" (valid until ${new Date(Number(r.expiresAt)).toISOString()}): ${String(r.enrollmentCode)}\n`,
-      );
-      return;
-    case 'user.list':
-      for (const u of r.users as { name: string; roles: string[]; enrolled: boolean; devices: number }[]) {
-        io.stdout(
-          `${u.name}\troles=${u.roles.join(',') || '-'}\t${u.enrolled ? 'enrolled' : 'not enrolled'}\tdevices=${u.devices}\n`,
-        );
-      }
-      return;
-    case 'device.list':
-      for (const d of r.devices as { deviceId: number; name: string; oneTimePrekeys: number }[]) {
-        io.stdout(`${d.deviceId}\t${d.name}\tone-time prekeys=${d.oneTimePrekeys}\n`);
-      }
-      return;
-    case 'user.remove':
-      io.stdout(`Removed user "${String(r.user)}".\n`);
-      return;
-    case 'device.remove':
-      io.stdout(`Removed device ${String(r.deviceId)} of user "${String(r.user)}".\n`);
-      return;
-    case 'kms.status': {
-      const s = AdminKmsStatus.parse(r);
-      io.stdout(`KMS: ${s.provider} at ${s.location}\n`);
-      for (const k of s.keyVersions) {
-        io.stdout(
-          `${k.keyId}\t${k.active ? 'active' : 'inactive'}\tcreated ${new Date(k.createdAt).toISOString()}\twraps ${k.wrappedKeys} data key(s)\n`,
-        );
-      }
-      return;
-    }
-    case 'kms.rotate': {
-      const x = AdminKmsRotation.parse(r);
-      io.stdout(
-        `Rotated the key-encryption key from ${x.previousKeyId} to ${x.activeKeyId}; re-wrapped ${x.rewrapped} data key(s).\n` +
-          `Once no backup needs it, destroy the old version: kms destroy ${x.previousKeyId}\n`,
-      );
-      return;
-    }
-    case 'kms.destroy':
-      io.stdout(`Destroyed key-encryption key version ${String(r.keyId)}.\n`);
-      return;
-  }
-}
-
 /** Runs one `qalqon` invocation and returns its exit status. */
 export async function run(argv: readonly string[], io: CliIo, hooks: RunHooks = {}): Promise<number> {
   try {
@@ -402,15 +306,7 @@ export async function run(argv: readonly string[], io: CliIo, hooks: RunHooks = 
     }
     const [command, ...rest] = positionals;
     if (command === 'server') return await serverCommand(io, values, rest, hooks);
-    if (command === 'admin') {
-      const dataDir = need(values, 'data');
-      const body = adminBody(rest);
-      if (body.op === 'user.add' && values.role) Object.assign(body, { roles: values.role });
-      else if (values.role) throw new UsageError('--role applies to "user add" only');
-      const r = await adminRequest(dataDir, body);
-      printAdmin(io, body.op, r, values.json === true);
-      return EXIT_OK;
-    }
+    if (command === 'admin') return await adminCommand(io, values, rest);
     if (command !== undefined && CLIENT_COMMANDS.has(command))
       return await clientCommand(io, command, values, rest);
     throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`);
@@ -419,7 +315,12 @@ export async function run(argv: readonly string[], io: CliIo, hooks: RunHooks = 
       io.stderr(`qalqon: ${err.message}.\n${USAGE}`);
       return EXIT_USAGE;
     }
-    if (err instanceof RefusedError || isServerError(err) || isWireError(err) || isClientError(err)) {
+    if (err instanceof RefusedError || isWireError(err)) {
+      // A server's refusal: its code too, so a script (or the operator) can tell them apart.
+      io.stderr(`qalqon: ${err.message.replace(/\.$/, '')} (${err.code}).\n`);
+      return EXIT_REFUSED;
+    }
+    if (isServerError(err) || isClientError(err)) {
       io.stderr(`qalqon: ${(err as Error).message.replace(/\.$/, '')}.\n`);
       return EXIT_REFUSED;
     }

@@ -162,22 +162,27 @@ describe('qalqon client commands', () => {
     const receipt = json(sent.out)[0]!;
     expect(receipt).toMatchObject({ id: expect.stringMatching(/^[0-9a-f]{32}$/), devices: 2 });
 
+    // --json: JSON lines (on alice's first device); without it, one "from: text" line per message.
+    const got = await qalqon('recv', '--profile', profile('alice'), '--json');
+    expect(got.code).toBe(0);
+    expect(json(got.out)).toEqual([
+      {
+        from: 'bob',
+        device: expect.any(Number),
+        channel: null,
+        conversation: 'bob',
+        text: 'hello from bob over the CLI',
+        sentAt: receipt.sentAt,
+        id: receipt.id,
+      },
+    ]);
+    expect(await qalqon('recv', '--profile', profile('alice-laptop'))).toMatchObject({
+      code: 0,
+      out: 'bob: hello from bob over the CLI\n',
+    });
+    // Exactly once: nothing the second time.
     for (const p of ['alice', 'alice-laptop']) {
-      const got = await qalqon('recv', '--profile', profile(p));
-      expect(got.code).toBe(0);
-      expect(json(got.out)).toEqual([
-        {
-          from: 'bob',
-          device: expect.any(Number),
-          channel: null,
-          conversation: 'bob',
-          text: 'hello from bob over the CLI',
-          sentAt: receipt.sentAt,
-          id: receipt.id,
-        },
-      ]);
-      // Exactly once: nothing the second time.
-      expect((await qalqon('recv', '--profile', profile(p))).out).toBe('');
+      expect((await qalqon('recv', '--profile', profile(p), '--json')).out).toBe('');
     }
   });
 

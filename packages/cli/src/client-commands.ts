@@ -1,10 +1,11 @@
 /**
  * The client side of the `qalqon` command (SPEC section 3): enroll, link, device
- * approve|list|remove, send, recv, safety-number, verify, repin. A thin layer over
- * @qalqon/client: it parses arguments, asks for a passphrase when the profile needs one,
- * and prints. Security warnings and notices go to stderr; stdout carries only the result
- * (one JSON object with --json, JSON lines for `link` and `recv`). Nothing printed ever
- * holds a key, a passphrase or a token; `recv` prints message text, the user's own.
+ * approve|list|remove, channel create|add|remove|list|members, send, recv, safety-number,
+ * verify, repin. A thin layer over @qalqon/client: it parses arguments, asks for a
+ * passphrase when the profile needs one, and prints. Security warnings and notices go to
+ * stderr; stdout carries only the result (one JSON object with --json, JSON lines for
+ * `link` and `recv --json`). Nothing printed ever holds a key, a passphrase or a token;
+ * `recv` prints message text, the user's own.
  */
 import { createInterface } from 'node:readline';
 import { type ClientOptions, type KeystoreKind, QalqonClient, type ReceivedMessage } from '@qalqon/client';
@@ -15,8 +16,14 @@ export const CLIENT_USAGE = `  qalqon enroll --server URL --code CODE --profile 
   qalqon device approve --profile DIR LINKCODE [--json]
   qalqon device list --profile DIR [--json]
   qalqon device remove --profile DIR DEVICE_ID [--json]
-  qalqon send --profile DIR --to USER TEXT [--json]
-  qalqon recv --profile DIR [--wait SECONDS]
+  qalqon channel create NAME [--unit UNIT] --profile DIR [--json]
+  qalqon channel add NAME USER [--manager] --profile DIR [--json]
+  qalqon channel remove NAME USER --profile DIR [--json]
+  qalqon channel list --profile DIR [--json]
+  qalqon channel members NAME --profile DIR [--json]
+  qalqon send --profile DIR (--to USER | --channel NAME) TEXT [--json]
+  qalqon recv --profile DIR [--wait SECONDS] [--json]
+      (one line per message: "from: text", "#channel from: text"; --json: JSON lines)
   qalqon safety-number --profile DIR USER [--json]
   qalqon verify --profile DIR USER NUMBER [--json]
   qalqon repin --profile DIR --pin sha256/.. [--json]
@@ -26,6 +33,7 @@ export const CLIENT_COMMANDS = new Set([
   'enroll',
   'link',
   'device',
+  'channel',
   'send',
   'recv',
   'safety-number',
@@ -42,6 +50,8 @@ export interface ClientValues {
   keystore?: string;
   to?: string;
   channel?: string;
+  unit?: string;
+  manager?: boolean;
   wait?: string;
   json?: boolean;
 }
@@ -103,7 +113,8 @@ function print(io: CliIo, json: boolean, value: Record<string, unknown>, human: 
   io.stdout(json ? `${JSON.stringify(value)}\n` : human);
 }
 
-async function withClient<T>(
+/** Opens the profile of --profile, runs `fn` with it, and closes it. */
+export async function withClient<T>(
   io: CliIo,
   values: ClientValues,
   fn: (c: QalqonClient) => Promise<T>,
@@ -116,8 +127,31 @@ async function withClient<T>(
   }
 }
 
-function messageLine(m: ReceivedMessage): string {
+function messageJson(m: ReceivedMessage): string {
   return `${JSON.stringify({ from: m.from, device: m.device, channel: m.channel, conversation: m.conversation, text: m.text, sentAt: m.sentAt, id: m.id })}\n`;
+}
+
+/**
+ * Text as a terminal may show it: control characters (which could move the cursor or
+ * rewrite earlier lines) become U+FFFD, and a line break continues on an indented line.
+ */
+function terminalSafe(text: string): string {
+  let out = '';
+  for (const ch of text.replace(/\r\n?/g, '\n')) {
+    const c = ch.codePointAt(0)!;
+    if (ch === '\n') out += '\n  ';
+    else if ((c < 0x20 && ch !== '\t') || (c >= 0x7f && c <= 0x9f)) out += '\ufffd';
+    else out += ch;
+  }
+  return out;
+}
+
+/** `#channel from: text` for a channel message; `from: text` 1:1; `me → peer: text` for a copy of one's own message. */
+function messageLine(m: ReceivedMessage, self: string): string {
+  const text = terminalSafe(m.text);
+  if (m.channel !== null) return `#${m.channel} ${m.from}: ${text}\n`;
+  if (m.from === self && m.conversation !== self) return `${m.from} → ${m.conversation}: ${text}\n`;
+  return `${m.from}: ${text}\n`;
 }
 
 export async function clientCommand(
@@ -218,15 +252,30 @@ export async function clientCommand(
       throw new UsageError(`unknown command "device ${verb ?? ''}"`.trimEnd());
     }
     case 'send': {
-      if (values.channel !== undefined)
-        throw new UsageError('--channel is not available in this version; use --to USER');
       if (args.length !== 1)
-        throw new UsageError('expected the message text as one argument: send --to USER TEXT');
+        throw new UsageError(
+          'expected the message text as one argument: send (--to USER | --channel NAME) TEXT',
+        );
+      if ((values.to === undefined) === (values.channel === undefined))
+        throw new UsageError('send needs exactly one of --to USER and --channel NAME');
+      if (values.channel !== undefined) {
+        const channel = values.channel;
+        const r = await withClient(io, values, (c) => c.sendChannel(channel, args[0]!));
+        print(
+          io,
+          json,
+          { channel, id: r.id, sentAt: r.sentAt, rotated: r.rotated, keysSent: r.keysSent },
+          `Sent to #${channel}.${r.rotated ? ' (A new sender key was made for the channel.)' : ''}\n`,
+        );
+        return EXIT_OK;
+      }
       const to = need(values, 'to');
       const r = await withClient(io, values, (c) => c.send(to, args[0]!));
       print(io, json, r, `Sent to ${r.devices} device(s).\n`);
       return EXIT_OK;
     }
+    case 'channel':
+      return await channelCommand(io, values, args);
     case 'recv': {
       noArgs('recv');
       let waitMs = 0;
@@ -236,11 +285,11 @@ export async function clientCommand(
         }
         waitMs = Number(values.wait) * 1000;
       }
-      // JSON lines in every mode: the stream is the contract (SPEC section 3).
+      // One line per message as it arrives: JSON lines with --json (the stream is the contract).
       await withClient(io, values, (c) =>
         c.receive({
           waitMs,
-          onMessage: (m) => io.stdout(messageLine(m)),
+          onMessage: (m) => io.stdout(json ? messageJson(m) : messageLine(m, c.userName)),
           onFailure: (f) =>
             io.stderr(
               `qalqon: a message from device ${f.senderDeviceId} of ${f.from ?? `account ${f.senderUserId}`} could not be read (${f.code}); it was discarded.\n`,
@@ -273,5 +322,81 @@ export async function clientCommand(
     }
     default:
       throw new UsageError(`unknown command "${command}"`);
+  }
+}
+
+/** `qalqon channel create|add|remove|list|members`. */
+async function channelCommand(io: CliIo, values: ClientValues, args: string[]): Promise<number> {
+  const json = values.json === true;
+  const [verb, ...rest] = args;
+  const expect = (n: number, what: string) => {
+    if (rest.length !== n) throw new UsageError(`expected ${what}`);
+  };
+  if (values.unit !== undefined && verb !== 'create')
+    throw new UsageError('--unit applies to "channel create" only');
+  if (values.manager !== undefined && verb !== 'add')
+    throw new UsageError('--manager applies to "channel add" only');
+  switch (verb) {
+    case 'create': {
+      expect(1, 'a channel name: channel create NAME [--unit UNIT]');
+      const name = rest[0]!;
+      const unit = values.unit;
+      const ch = await withClient(io, values, (c) =>
+        c.createChannel(name, unit === undefined ? {} : { unit }),
+      );
+      print(
+        io,
+        json,
+        { channel: ch },
+        `Created channel #${ch.name}${ch.unit === undefined ? '' : ` in org unit "${ch.unit}"`}; you manage it.\n`,
+      );
+      return EXIT_OK;
+    }
+    case 'add': {
+      expect(2, 'a channel and a user: channel add NAME USER [--manager]');
+      const [name, user] = rest as [string, string];
+      const manager = values.manager === true;
+      const role = manager ? 'manager' : 'member';
+      await withClient(io, values, (c) => c.addChannelMember(name, user, { manager }));
+      print(io, json, { channel: name, user, role }, `Added "${user}" to #${name} as ${role}.\n`);
+      return EXIT_OK;
+    }
+    case 'remove': {
+      expect(2, 'a channel and a user: channel remove NAME USER');
+      const [name, user] = rest as [string, string];
+      await withClient(io, values, (c) => c.removeChannelMember(name, user));
+      print(io, json, { channel: name, user, removed: true }, `Removed "${user}" from #${name}.\n`);
+      return EXIT_OK;
+    }
+    case 'list': {
+      expect(0, 'no arguments after "channel list"');
+      const channels = await withClient(io, values, (c) => c.listChannels());
+      print(
+        io,
+        json,
+        { channels },
+        channels
+          .map(
+            (ch) =>
+              `#${ch.name}\t${ch.unit === undefined ? '-' : `unit=${ch.unit}`}\tmembers=${ch.members}\n`,
+          )
+          .join(''),
+      );
+      return EXIT_OK;
+    }
+    case 'members': {
+      expect(1, 'a channel name: channel members NAME');
+      const name = rest[0]!;
+      const members = await withClient(io, values, (c) => c.channelMembers(name));
+      print(
+        io,
+        json,
+        { channel: name, members },
+        members.map((m) => `${m.user}\t${m.role}\tidentity ${m.identity}\n`).join(''),
+      );
+      return EXIT_OK;
+    }
+    default:
+      throw new UsageError(`unknown command "channel ${verb ?? ''}"`.trimEnd());
   }
 }

@@ -31,7 +31,7 @@ const INSTALL_HINT =
 const PIN_ENV = 'QALQON_CLI_TEST_HSM_PIN';
 const USER_PIN = `user-${randomBytes(6).toString('hex')}`;
 const SO_PIN = `so-${randomBytes(6).toString('hex')}`;
-const DEK_NAMES = ['database', 'fields-1', 'lookup'];
+const DEK_NAMES = ['audit-signing', 'database', 'fields-1', 'lookup'];
 
 const previousConf = process.env.SOFTHSM2_CONF;
 let modulePath = '';
@@ -164,7 +164,7 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
     expect(before.location).toBe(initJson.kms.location);
     expect(before.activeKeyId).toBe(firstKek);
     expect(before.keyVersions).toEqual([
-      { keyId: firstKek, createdAt: expect.any(Number), active: true, wrappedKeys: 3 },
+      { keyId: firstKek, createdAt: expect.any(Number), active: true, wrappedKeys: 4 },
     ]);
     expect((await qalqon('admin', '--data', data, 'user', 'add', 'bob', '--json')).code).toBe(0);
 
@@ -172,28 +172,32 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
     expect(rotated.previousKeyId).toBe(firstKek);
     expect(rotated.activeKeyId).toMatch(/^qalqon-kek-[0-9a-f]{16}$/);
     expect(rotated.activeKeyId).not.toBe(firstKek);
-    expect(rotated.rewrapped).toBe(3);
+    expect(rotated.rewrapped).toBe(4);
     const secondKek = rotated.activeKeyId;
 
     const after = await kmsStatus(data);
     expect(after.activeKeyId).toBe(secondKek);
     expect(after.keyVersions.map((k) => [k.keyId, k.active, k.wrappedKeys])).toEqual([
       [firstKek, false, 0],
-      [secondKek, true, 3],
+      [secondKek, true, 4],
     ]);
     expect(wrappedUnder(data)).toEqual(allUnder(secondKek));
     const human = await qalqon('admin', '--data', data, 'kms', 'status');
     expect(human.out).toContain(`${secondKek}\tactive\t`);
-    expect(human.out).toContain('wraps 3 data key(s)');
+    expect(human.out).toContain('wraps 4 data key(s)');
 
     // The active version is never destroyed; an unknown one is reported as such.
     const active = await qalqon('admin', '--data', data, 'kms', 'destroy', secondKek, '--json');
     expect(active.code).toBe(1);
     expect(active.out).toBe('');
-    expect(active.err).toBe(`qalqon: KEK version ${secondKek} is active; rotate before destroying it.\n`);
+    expect(active.err).toBe(
+      `qalqon: KEK version ${secondKek} is active; rotate before destroying it (BAD_REQUEST).\n`,
+    );
     const unknown = await qalqon('admin', '--data', data, 'kms', 'destroy', 'qalqon-kek-0000000000000000');
     expect(unknown.code).toBe(1);
-    expect(unknown.err).toMatch(/^qalqon: KEK version qalqon-kek-0{16} is not held by this KMS\.\n$/);
+    expect(unknown.err).toMatch(
+      /^qalqon: KEK version qalqon-kek-0{16} is not held by this KMS \(NOT_FOUND\)\.\n$/,
+    );
 
     const destroyed = await qalqon('admin', '--data', data, 'kms', 'destroy', firstKek, '--json');
     expect(destroyed.err).toBe('');
@@ -287,7 +291,7 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
     expect(await healthz(server.listening)).toBe(200);
     const status = await kmsStatus(data);
     expect(status.provider).toBe('pkcs11');
-    expect(status.keyVersions.map((k) => [k.active, k.wrappedKeys])).toEqual([[true, 3]]);
+    expect(status.keyVersions.map((k) => [k.active, k.wrappedKeys])).toEqual([[true, 4]]);
     await stopServer(server);
 
     // Bad usage exits 2 without touching anything; there is no option that takes the PIN itself.
@@ -351,7 +355,7 @@ describe('qalqon admin kms with the local KMS', () => {
     expect(before.provider).toBe('local');
     expect(before.location).toBe(join(data, 'kms-master.key'));
     expect(before.keyVersions.map((k) => [k.keyId, k.active, k.wrappedKeys])).toEqual([
-      [firstKek.activeKeyId, true, 3],
+      [firstKek.activeKeyId, true, 4],
     ]);
     expect((await qalqon('admin', '--data', data, 'user', 'add', 'carol', '--json')).code).toBe(0);
 
@@ -360,27 +364,27 @@ describe('qalqon admin kms with the local KMS', () => {
     expect(r1).toEqual({
       previousKeyId: firstKek.activeKeyId,
       activeKeyId: expect.any(String),
-      rewrapped: 3,
+      rewrapped: 4,
     });
     expect(r1.activeKeyId).not.toBe(firstKek.activeKeyId);
     expect(wrappedUnder(data)).toEqual(allUnder(r1.activeKeyId));
     expect((await kmsStatus(data)).keyVersions.map((k) => [k.keyId, k.active, k.wrappedKeys])).toEqual([
       [firstKek.activeKeyId, false, 0],
-      [r1.activeKeyId, true, 3],
+      [r1.activeKeyId, true, 4],
     ]);
 
     // Put back the data-key file from before the rotation (as a restore would): the old
     // version wraps them all again, so destroying it would lose the data and is refused.
     writeFileSync(join(data, 'data-keys.json'), oldDekFile, { mode: 0o600 });
-    expect((await kmsStatus(data)).keyVersions.map((k) => k.wrappedKeys)).toEqual([3, 0]);
+    expect((await kmsStatus(data)).keyVersions.map((k) => k.wrappedKeys)).toEqual([4, 0]);
     const refused = await qalqon('admin', '--data', data, 'kms', 'destroy', firstKek.activeKeyId);
     expect(refused.code).toBe(1);
     expect(refused.err).toBe(
-      `qalqon: KEK version ${firstKek.activeKeyId} still wraps 3 data key(s); run kms rotate first.\n`,
+      `qalqon: KEK version ${firstKek.activeKeyId} still wraps 4 data key(s); run kms rotate first (BAD_REQUEST).\n`,
     );
     const r2 = await kmsRotate(data);
     expect(r2.previousKeyId).toBe(r1.activeKeyId);
-    expect(r2.rewrapped).toBe(3);
+    expect(r2.rewrapped).toBe(4);
     expect(wrappedUnder(data)).toEqual(allUnder(r2.activeKeyId));
 
     for (const old of [firstKek.activeKeyId, r1.activeKeyId]) {
@@ -403,7 +407,7 @@ describe('qalqon admin kms with the local KMS', () => {
     expect(human.code).toBe(0);
     expect(human.out).toMatch(
       new RegExp(
-        `^Rotated the key-encryption key from ${r2.activeKeyId} to local-[0-9a-f]{16}; re-wrapped 3 data key\\(s\\)\\.\n`,
+        `^Rotated the key-encryption key from ${r2.activeKeyId} to local-[0-9a-f]{16}; re-wrapped 4 data key\\(s\\)\\.\n`,
       ),
     );
     await stopServer(again);

@@ -117,7 +117,7 @@ describe('qalqon server init/start with PostgreSQL', () => {
     expect(existsSync(join(data, 'kms-master.key'))).toBe(true);
     expect(psql(db.url, 'SELECT count(*) FROM users')).toBe('1');
     expect(psql(db.url, 'SELECT count(*) FROM enrolment_codes')).toBe('1');
-    expect(psql(db.url, 'SELECT name FROM data_keys ORDER BY name')).toBe('fields-1\nlookup');
+    expect(psql(db.url, 'SELECT name FROM data_keys ORDER BY name')).toBe('audit-signing\nfields-1\nlookup');
 
     let server = await startServer(dir, data, { [URL_ENV]: db.urlWithPassword });
     expect(await healthz(server.listening)).toBe(200);
@@ -130,7 +130,7 @@ describe('qalqon server init/start with PostgreSQL', () => {
     const kms = await qalqon('admin', '--data', data, 'kms', 'rotate');
     expect(kms.code).toBe(1);
     expect(kms.err).toBe(
-      'qalqon: the kms commands do not support the PostgreSQL backend yet (its data keys live in the database).\n',
+      'qalqon: the kms commands do not support the PostgreSQL backend yet (its data keys live in the database) (BAD_REQUEST).\n',
     );
     await stopServer(server);
     expectNoSecret(server.stderr());
