@@ -97,7 +97,29 @@ export type ServerErrorCode =
   /** Another server process already serves this data directory (its admin socket answers). */
   | 'SERVER_RUNNING'
   /** The cross-node event bus was used after close() (a programming error in shutdown order). */
-  | 'PUBSUB_CLOSED';
+  | 'PUBSUB_CLOSED'
+  /** No such file (or, to the service, one the caller may not see). */
+  | 'FILE_NOT_FOUND'
+  /** A file is larger than the configured maximum. */
+  | 'FILE_TOO_LARGE'
+  /** Creating the file would take its owner's files over their quota. */
+  | 'QUOTA_EXCEEDED'
+  /** An upload chunk is not the file's next one (another writer appended first, or the offset is wrong). */
+  | 'UPLOAD_OFFSET_MISMATCH'
+  /** A stored file chunk (or its wrapped key) does not authenticate: altered, moved, reordered, missing or truncated. */
+  | 'FILE_CORRUPT'
+  /** A file is not a Qalqon archive: wrong magic, unsupported version or kind, or a malformed header. */
+  | 'ARCHIVE_INVALID'
+  /** An archive fails authentication: edited, truncated, extended, reordered, or its header swapped. */
+  | 'ARCHIVE_CORRUPT'
+  /** Neither the KMS nor the recovery key given opens the archive's key (another KMS, a destroyed KEK version, the wrong recovery key, or no recovery wrap). */
+  | 'ARCHIVE_KEY_REJECTED'
+  /** A recovery key is malformed or mistyped (its check characters do not match). */
+  | 'RECOVERY_KEY_INVALID'
+  /** A restore's target data directory exists and is not empty (or is not a directory). */
+  | 'RESTORE_TARGET_NOT_EMPTY'
+  /** A backup of this deployment cannot be taken by the server (the PostgreSQL backend: use pg_dump). */
+  | 'BACKUP_UNSUPPORTED';
 
 export class ServerError extends Error {
   readonly code: ServerErrorCode;

@@ -64,6 +64,8 @@ export const AdminKmsKeyVersion = z.strictObject({
   active: z.boolean(),
   /** How many of the server's data keys are wrapped under this version. */
   wrappedKeys: z.int().min(0),
+  /** How many per-file keys (files module) are wrapped under this version. */
+  wrappedFileKeys: z.int().min(0),
 });
 
 /** The answer to `kms.status`. `location` is a file path or a PKCS#11 URI: never a PIN or key. */
@@ -78,7 +80,10 @@ export const AdminKmsStatus = z.strictObject({
 export const AdminKmsRotation = z.strictObject({
   previousKeyId: KekVersionId,
   activeKeyId: KekVersionId,
+  /** Data keys re-wrapped under the new version. */
   rewrapped: z.int().min(0),
+  /** Per-file keys re-wrapped under the new version. */
+  rewrappedFileKeys: z.int().min(0),
 });
 
 export const AdminUser = z.strictObject({
@@ -89,3 +94,32 @@ export const AdminUser = z.strictObject({
   devices: z.int().min(0),
   createdAt: z.int(),
 });
+
+/** The parts an export may hold. */
+export const EXPORT_PART_NAMES = ['directory', 'channels', 'audit'] as const;
+
+/**
+ * `POST /admin/archive` on the local admin socket: a backup or an export. The answer is the
+ * archive itself (`application/octet-stream`, its length in Content-Length and its id in
+ * `X-Qalqon-Archive-Id`), or a JSON ErrorResponse before the first byte. `recoveryKey`
+ * (32 bytes, base64) asks for the archive key to be wrapped under it too; the server uses it
+ * for that and forgets it.
+ */
+export const AdminArchiveRequest = z.discriminatedUnion('kind', [
+  z.strictObject({
+    kind: z.literal('backup'),
+    recoveryKey: z
+      .string()
+      .regex(/^[A-Za-z0-9+/]{43}=$/)
+      .optional(),
+  }),
+  z.strictObject({
+    kind: z.literal('export'),
+    parts: z.array(z.enum(EXPORT_PART_NAMES)).min(1).max(EXPORT_PART_NAMES.length),
+    recoveryKey: z
+      .string()
+      .regex(/^[A-Za-z0-9+/]{43}=$/)
+      .optional(),
+  }),
+]);
+export type AdminArchiveRequestJson = z.input<typeof AdminArchiveRequest>;

@@ -67,6 +67,20 @@ export type WireErrorCode =
   | 'ORG_UNIT_EXISTS'
   /** The org unit still has sub-units, users or channels. */
   | 'ORG_UNIT_NOT_EMPTY'
+  /** No such file (or the caller may not read it). */
+  | 'FILE_NOT_FOUND'
+  /** The file exceeds the server's size limit. */
+  | 'FILE_TOO_LARGE'
+  /** The upload would exceed the user's storage quota. */
+  | 'QUOTA_EXCEEDED'
+  /** The upload does not start where the stored bytes end. */
+  | 'UPLOAD_OFFSET_MISMATCH'
+  /** The file has not been uploaded completely. */
+  | 'FILE_INCOMPLETE'
+  /** The requested range lies outside the file. */
+  | 'RANGE_NOT_SATISFIABLE'
+  /** The stored file failed its integrity check on the server (altered or damaged at rest); no wrong byte was sent. */
+  | 'FILE_CORRUPT'
   /** The server is shutting down: reconnect later. */
   | 'UNAVAILABLE'
   /** Something failed inside the server. The message says nothing more. */
@@ -104,6 +118,13 @@ export const WIRE_ERROR_CODES: readonly WireErrorCode[] = [
   'ORG_UNIT_NOT_FOUND',
   'ORG_UNIT_EXISTS',
   'ORG_UNIT_NOT_EMPTY',
+  'FILE_NOT_FOUND',
+  'FILE_TOO_LARGE',
+  'QUOTA_EXCEEDED',
+  'UPLOAD_OFFSET_MISMATCH',
+  'FILE_INCOMPLETE',
+  'RANGE_NOT_SATISFIABLE',
+  'FILE_CORRUPT',
   'UNAVAILABLE',
   'INTERNAL',
 ];

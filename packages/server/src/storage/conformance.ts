@@ -23,11 +23,13 @@ import type {
   AuditRecord,
   NewDevice,
   NewEnvelope,
+  NewFile,
   OneTimePrekey,
   SignedPrekey,
   Storage,
   StorageLimits,
 } from './types.js';
+import { FILE_CHUNK_OVERHEAD } from './types.js';
 
 export interface StorageFactoryOptions {
   /** The store must read time only from this clock. */
@@ -1535,6 +1537,274 @@ export function runStorageConformance(backend: string, makeStorage: MakeStorage)
           await s.appendAudit(entry(7));
           expect(await s.verifyAudit()).toMatchObject({ ok: true, records: 7 });
         });
+      });
+    });
+
+    describe('files', () => {
+      const CHUNK = 4096;
+      const LIMITS = { maxFileBytes: 10 * CHUNK, quotaBytes: 16 * CHUNK };
+      const newFileId = () => randomBytes(16).toString('hex');
+      function fileOf(ownerId: string, size: number, recipients?: NewFile['recipients']): NewFile {
+        return {
+          id: newFileId(),
+          ownerId,
+          size,
+          chunkSize: CHUNK,
+          recipients: recipients ?? { kind: 'users', userIds: [ownerId] },
+          wrappedKey: { keyId: 'kek-1', ciphertext: new Uint8Array(randomBytes(60)) },
+        };
+      }
+      /** Stands for a sealed chunk of `bytes` plaintext bytes: opaque bytes to the storage. */
+      const blob = (bytes: number) => new Uint8Array(randomBytes(bytes + FILE_CHUNK_OVERHEAD));
+
+      it("creates and reads a file, with sorted distinct recipients, and counts it in the owner's usage", async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        const bob = await s.createUser({ name: 'bob' });
+        const carol = await s.createUser({ name: 'carol' });
+        const spec = fileOf(alice.id, 3 * CHUNK + 10, {
+          kind: 'users',
+          userIds: [carol.id, bob.id, carol.id],
+        });
+        const f = await s.createFile(spec, LIMITS);
+        const sorted = [bob.id, carol.id].sort();
+        expect(f).toEqual({
+          ...spec,
+          recipients: { kind: 'users', userIds: sorted },
+          received: 0,
+          complete: false,
+          createdAt: T0,
+          updatedAt: T0,
+        });
+        expect(await s.getFile(spec.id)).toEqual(f);
+        expect(await s.getFile(newFileId())).toBeUndefined();
+        expect(await s.fileUsage(alice.id)).toBe(3 * CHUNK + 10);
+        expect(await s.fileUsage(bob.id)).toBe(0);
+        const ch = '1'.repeat(32);
+        const g = await s.createFile(fileOf(bob.id, 5, { kind: 'channel', channelId: ch }), LIMITS);
+        expect(g.recipients).toEqual({ kind: 'channel', channelId: ch });
+        await rejectsWith(s.createFile({ ...spec, ownerId: bob.id }, LIMITS), 'INVALID_ARGUMENT');
+        await rejectsWith(s.createFile(fileOf('0'.repeat(32), 5), LIMITS), 'USER_NOT_FOUND');
+        await rejectsWith(s.createFile({ ...fileOf(bob.id, 5), chunkSize: 10 }, LIMITS), 'INVALID_ARGUMENT');
+      });
+
+      it('refuses a file over the size limit or the quota, changing nothing', async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        await rejectsWith(s.createFile(fileOf(alice.id, 10 * CHUNK + 1), LIMITS), 'FILE_TOO_LARGE');
+        await s.createFile(fileOf(alice.id, 10 * CHUNK), LIMITS);
+        // 10 + 6 = 16 chunks fits the quota exactly; one byte more does not.
+        await rejectsWith(s.createFile(fileOf(alice.id, 6 * CHUNK + 1), LIMITS), 'QUOTA_EXCEEDED');
+        expect(await s.fileUsage(alice.id)).toBe(10 * CHUNK);
+        const last = await s.createFile(fileOf(alice.id, 6 * CHUNK), LIMITS);
+        expect(await s.fileUsage(alice.id)).toBe(16 * CHUNK);
+        await rejectsWith(s.createFile(fileOf(alice.id, 1), LIMITS), 'QUOTA_EXCEEDED');
+        // Deleting frees the quota.
+        await s.deleteFile(last.id, alice.id);
+        expect(await s.fileUsage(alice.id)).toBe(10 * CHUNK);
+        await s.createFile(fileOf(alice.id, 1), LIMITS);
+      });
+
+      it('appends only the next chunk, of the right length, and completes the file', async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        const f = await s.createFile(fileOf(alice.id, 2 * CHUNK + 100), LIMITS);
+        const chunks = [blob(CHUNK), blob(CHUNK), blob(100)];
+        await rejectsWith(
+          s.appendFileChunks(f.id, [{ index: 1, bytes: CHUNK, data: chunks[1]! }]),
+          'UPLOAD_OFFSET_MISMATCH',
+        );
+        await rejectsWith(
+          s.appendFileChunks(f.id, [{ index: 0, bytes: 100, data: blob(100) }]),
+          'INVALID_ARGUMENT',
+        );
+        // Data of another length than the chunk's sealed length.
+        await rejectsWith(
+          s.appendFileChunks(f.id, [{ index: 0, bytes: CHUNK, data: blob(CHUNK - 1) }]),
+          'INVALID_ARGUMENT',
+        );
+        expect((await s.getFile(f.id))?.received).toBe(0);
+        now += 1000;
+        const a = await s.appendFileChunks(f.id, [{ index: 0, bytes: CHUNK, data: chunks[0]! }]);
+        expect(a).toMatchObject({ received: CHUNK, complete: false, updatedAt: T0 + 1000, createdAt: T0 });
+        await rejectsWith(
+          s.appendFileChunks(f.id, [{ index: 0, bytes: CHUNK, data: chunks[0]! }]),
+          'UPLOAD_OFFSET_MISMATCH',
+        );
+        await s.appendFileChunks(f.id, [{ index: 1, bytes: CHUNK, data: chunks[1]! }]);
+        // The last chunk is exactly what is left.
+        await rejectsWith(
+          s.appendFileChunks(f.id, [{ index: 2, bytes: CHUNK, data: blob(CHUNK) }]),
+          'INVALID_ARGUMENT',
+        );
+        const done = await s.appendFileChunks(f.id, [{ index: 2, bytes: 100, data: chunks[2]! }]);
+        expect(done).toMatchObject({ received: 2 * CHUNK + 100, complete: true });
+        expect(await s.getFile(f.id)).toEqual(done);
+        await rejectsWith(
+          s.appendFileChunks(f.id, [{ index: 3, bytes: 1, data: blob(1) }]),
+          'UPLOAD_OFFSET_MISMATCH',
+        );
+        await rejectsWith(
+          s.appendFileChunks(newFileId(), [{ index: 0, bytes: 1, data: blob(1) }]),
+          'FILE_NOT_FOUND',
+        );
+        // Reads by index range, in order, as stored.
+        const all = await s.readFileChunks(f.id, 0, 16);
+        expect(all.map((c) => c.index)).toEqual([0, 1, 2]);
+        expect(all.map((c) => new Uint8Array(c.data))).toEqual(chunks);
+        expect((await s.readFileChunks(f.id, 1, 1)).map((c) => c.index)).toEqual([1]);
+        expect(await s.readFileChunks(f.id, 3, 5)).toEqual([]);
+        await rejectsWith(s.readFileChunks(f.id, 0, 17), 'INVALID_ARGUMENT');
+        await rejectsWith(s.readFileChunks(newFileId(), 0, 1), 'FILE_NOT_FOUND');
+      });
+
+      it('appends a run of chunks at once, all or nothing, and reads only what is received', async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        const f = await s.createFile(fileOf(alice.id, 4 * CHUNK + 7), LIMITS);
+        const data = [blob(CHUNK), blob(CHUNK), blob(CHUNK), blob(CHUNK), blob(7)];
+        const run = (from: number, to: number) =>
+          data
+            .slice(from, to)
+            .map((d, i) => ({ index: from + i, bytes: d.length - FILE_CHUNK_OVERHEAD, data: d }));
+        await rejectsWith(s.appendFileChunks(f.id, []), 'INVALID_ARGUMENT');
+        await rejectsWith(
+          s.appendFileChunks(
+            f.id,
+            Array.from({ length: 65 }, (_, i) => ({ index: i, bytes: CHUNK, data: blob(CHUNK) })),
+          ),
+          'INVALID_ARGUMENT',
+        );
+        // Indexes with a gap; a run not starting at the next chunk; a bad chunk in the middle.
+        await rejectsWith(s.appendFileChunks(f.id, [run(0, 1)[0]!, run(2, 3)[0]!]), 'INVALID_ARGUMENT');
+        await rejectsWith(s.appendFileChunks(f.id, run(1, 3)), 'UPLOAD_OFFSET_MISMATCH');
+        await rejectsWith(
+          s.appendFileChunks(f.id, [...run(0, 1), { index: 1, bytes: 7, data: blob(7) }, ...run(2, 3)]),
+          'INVALID_ARGUMENT',
+        );
+        expect((await s.getFile(f.id))?.received).toBe(0);
+        expect(await s.readFileChunks(f.id, 0, 16)).toEqual([]);
+        const a = await s.appendFileChunks(f.id, run(0, 3));
+        expect(a).toMatchObject({ received: 3 * CHUNK, complete: false });
+        // Only what is received is read back, even when more is asked for.
+        const got = await s.readFileChunks(f.id, 0, 16);
+        expect(got.map((c) => c.index)).toEqual([0, 1, 2]);
+        expect(got.map((c) => new Uint8Array(c.data))).toEqual(data.slice(0, 3));
+        // A run past the end of the file stores nothing.
+        await rejectsWith(
+          s.appendFileChunks(f.id, [...run(3, 5), { index: 5, bytes: 1, data: blob(1) }]),
+          'UPLOAD_OFFSET_MISMATCH',
+        );
+        expect((await s.getFile(f.id))?.received).toBe(3 * CHUNK);
+        expect((await s.readFileChunks(f.id, 3, 2)).map((c) => c.index)).toEqual([]);
+        const done = await s.appendFileChunks(f.id, run(3, 5));
+        expect(done).toMatchObject({ received: 4 * CHUNK + 7, complete: true });
+        const all = await s.readFileChunks(f.id, 0, 16);
+        expect(all.map((c) => new Uint8Array(c.data))).toEqual(data);
+        expect((await s.readFileChunks(f.id, 2, 2)).map((c) => c.index)).toEqual([2, 3]);
+        await rejectsWith(s.appendFileChunks(f.id, run(4, 5)), 'UPLOAD_OFFSET_MISMATCH');
+      });
+
+      it('lets only the owner delete a file, with its chunks', async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        const bob = await s.createUser({ name: 'bob' });
+        const f = await s.createFile(fileOf(alice.id, CHUNK), LIMITS);
+        await s.appendFileChunks(f.id, [{ index: 0, bytes: CHUNK, data: blob(CHUNK) }]);
+        await rejectsWith(s.deleteFile(f.id, bob.id), 'FILE_NOT_FOUND');
+        expect(await s.getFile(f.id)).toBeDefined();
+        await s.deleteFile(f.id, alice.id);
+        expect(await s.getFile(f.id)).toBeUndefined();
+        await rejectsWith(s.readFileChunks(f.id, 0, 1), 'FILE_NOT_FOUND');
+        await rejectsWith(s.deleteFile(f.id, alice.id), 'FILE_NOT_FOUND');
+        // Removing a user removes their files.
+        const g = await s.createFile(fileOf(bob.id, CHUNK), LIMITS);
+        await s.removeUser(bob.id);
+        expect(await s.getFile(g.id)).toBeUndefined();
+      });
+
+      it('purges incomplete files idle since before the cut-off, and only those', async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        const idle = await s.createFile(fileOf(alice.id, 2 * CHUNK), LIMITS);
+        const complete = await s.createFile(fileOf(alice.id, CHUNK), LIMITS);
+        await s.appendFileChunks(complete.id, [{ index: 0, bytes: CHUNK, data: blob(CHUNK) }]);
+        const active = await s.createFile(fileOf(alice.id, 2 * CHUNK), LIMITS);
+        now = T0 + DAY;
+        await s.appendFileChunks(active.id, [{ index: 0, bytes: CHUNK, data: blob(CHUNK) }]);
+        expect(await s.purgeIncompleteFiles(T0 + 1)).toBe(1);
+        expect(await s.getFile(idle.id)).toBeUndefined();
+        expect(await s.getFile(complete.id)).toBeDefined();
+        expect(await s.getFile(active.id)).toBeDefined();
+        expect(await s.fileUsage(alice.id)).toBe(3 * CHUNK);
+        expect(await s.purgeIncompleteFiles(T0 + 1)).toBe(0);
+      });
+
+      it('lets one of two handles append a chunk, and the other gets UPLOAD_OFFSET_MISMATCH', async () => {
+        const { s, fx } = await fresh();
+        const p = await peer(fx);
+        const alice = await s.createUser({ name: 'alice' });
+        const f = await s.createFile(fileOf(alice.id, 3 * CHUNK), LIMITS);
+        for (let i = 0; i < 3; i++) {
+          const results = await Promise.allSettled(
+            [s, p].map((h) => h.appendFileChunks(f.id, [{ index: i, bytes: CHUNK, data: blob(CHUNK) }])),
+          );
+          expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+          const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+          expect((failed.reason as ServerError).code).toBe('UPLOAD_OFFSET_MISMATCH');
+        }
+        expect((await s.readFileChunks(f.id, 0, 16)).map((c) => c.index)).toEqual([0, 1, 2]);
+        expect((await p.getFile(f.id))?.complete).toBe(true);
+      });
+
+      it('lists and replaces wrapped file keys by KEK version, compare-and-set', async () => {
+        const { s } = await fresh();
+        const alice = await s.createUser({ name: 'alice' });
+        const files = [];
+        for (let i = 0; i < 5; i++) {
+          const f = fileOf(alice.id, 10);
+          files.push(
+            await s.createFile(
+              { ...f, wrappedKey: { ...f.wrappedKey, keyId: i < 3 ? 'kek-1' : 'kek-2' } },
+              LIMITS,
+            ),
+          );
+        }
+        expect(await s.fileKeyVersions()).toEqual([
+          { keyId: 'kek-1', files: 3 },
+          { keyId: 'kek-2', files: 2 },
+        ]);
+        const old = files
+          .filter((f) => f.wrappedKey.keyId === 'kek-1')
+          .sort((a, b) => (a.id < b.id ? -1 : 1));
+        const page1 = await s.listFileKeys({ exceptKeyId: 'kek-2', limit: 2 });
+        expect(page1).toEqual(old.slice(0, 2).map((f) => ({ fileId: f.id, wrappedKey: f.wrappedKey })));
+        const page2 = await s.listFileKeys({ exceptKeyId: 'kek-2', afterId: page1[1]!.fileId, limit: 2 });
+        expect(page2.map((p) => p.fileId)).toEqual([old[2]!.id]);
+        const fresh2 = { keyId: 'kek-2', ciphertext: new Uint8Array(randomBytes(60)) };
+        expect(await s.replaceFileKey(old[0]!.id, 'kek-1', fresh2)).toBe(true);
+        // Already re-wrapped (by another node): not replaced again.
+        expect(await s.replaceFileKey(old[0]!.id, 'kek-1', { ...fresh2, keyId: 'kek-3' })).toBe(false);
+        expect((await s.getFile(old[0]!.id))?.wrappedKey).toEqual(fresh2);
+        expect(await s.fileKeyVersions()).toEqual([
+          { keyId: 'kek-1', files: 2 },
+          { keyId: 'kek-2', files: 3 },
+        ]);
+        await rejectsWith(s.listFileKeys({ exceptKeyId: 'bad key', limit: 1 }), 'INVALID_ARGUMENT');
+      });
+
+      it('checks the quota atomically across handles', async () => {
+        const { s, fx } = await fresh();
+        const p = await peer(fx);
+        const alice = await s.createUser({ name: 'alice' });
+        // Each fits alone (10 chunks of a 16-chunk quota); both together do not.
+        const results = await Promise.allSettled(
+          [s, p].map((h) => h.createFile(fileOf(alice.id, 10 * CHUNK), LIMITS)),
+        );
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        const failed = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+        expect((failed.reason as ServerError).code).toBe('QUOTA_EXCEEDED');
+        expect(await s.fileUsage(alice.id)).toBe(10 * CHUNK);
       });
     });
 

@@ -25,15 +25,19 @@ import {
 import type {
   ChannelEffect,
   ChannelLogEntry,
+  FileLimits,
+  FileRecipients,
   Grant,
   GrantScope,
   NewDevice,
   NewEnvelope,
+  NewFile,
   OneTimePrekey,
   Role,
   SignedPrekey,
   StorageLimits,
 } from './types.js';
+import { FILE_CHUNK_OVERHEAD } from './types.js';
 
 /** libsignal's type byte before a serialised Curve25519 public key. */
 export const EC_KEY_TYPE = 0x05;
@@ -434,4 +438,169 @@ export function checkAuditListOptions(v: unknown): { afterSeq: number; since: nu
 /** The audit signing key: a 32-byte Ed25519 seed. */
 export function checkAuditKey(label: string, v: unknown): Uint8Array {
   return abytes(label, v, 32);
+}
+
+// --- files (issue 6) ---------------------------------------------------------------------
+
+/** The largest file any backend stores (2^53 would be the JS limit; 2^40 = 1 TiB is plenty). */
+export const MAX_STORED_FILE_BYTES = 2 ** 40;
+/** At-rest chunk sizes a file may use. */
+export const MIN_FILE_CHUNK_BYTES = 4096;
+export const MAX_FILE_CHUNK_BYTES = 16 * 1024 * 1024;
+/** Chunks one `readFileChunks` call returns at most (bounds its memory). */
+export const MAX_FILE_CHUNKS_PER_READ = 16;
+/** Chunks one `appendFileChunks` call stores at most (bounds its memory and its transaction). */
+export const MAX_FILE_CHUNKS_PER_APPEND = 64;
+/** Recipient users one file may name (the wire's MAX_FILE_RECIPIENTS). */
+export const MAX_FILE_RECIPIENT_USERS = 256;
+/** KMS key version ids (kms.ts KEY_ID_PATTERN). */
+const KEY_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+
+export function checkFileRecipients(label: string, v: unknown): FileRecipients {
+  const o = aobject(label, v);
+  if (o.kind === 'users') {
+    const ids = aarray(`${label}.userIds`, o.userIds, 1, MAX_FILE_RECIPIENT_USERS).map((u, i) =>
+      checkUserId(`${label}.userIds[${i}]`, u),
+    );
+    return { kind: 'users', userIds: [...new Set(ids)].sort() };
+  }
+  if (o.kind === 'channel')
+    return { kind: 'channel', channelId: checkHexId(`${label}.channelId`, o.channelId) };
+  throw new ServerError('INVALID_ARGUMENT', `"${label}.kind" expected users or channel`);
+}
+
+export function checkNewFile(v: unknown): NewFile {
+  const o = aobject('file', v);
+  return {
+    id: checkHexId('file.id', o.id),
+    ownerId: checkUserId('file.ownerId', o.ownerId),
+    size: aint('file.size', o.size, 1, MAX_STORED_FILE_BYTES),
+    chunkSize: aint('file.chunkSize', o.chunkSize, MIN_FILE_CHUNK_BYTES, MAX_FILE_CHUNK_BYTES),
+    recipients: checkFileRecipients('file.recipients', o.recipients),
+    wrappedKey: checkWrappedFileKey('file.wrappedKey', o.wrappedKey),
+  };
+}
+
+export function checkFileLimits(v: unknown): FileLimits {
+  const o = aobject('limits', v);
+  return {
+    maxFileBytes: aint('limits.maxFileBytes', o.maxFileBytes, 1, MAX_STORED_FILE_BYTES),
+    quotaBytes: aint('limits.quotaBytes', o.quotaBytes, 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+/** Size and quota, given the owner's current use: FILE_TOO_LARGE, QUOTA_EXCEEDED. */
+export function checkFileFits(file: NewFile, limits: FileLimits, used: number): void {
+  if (file.size > limits.maxFileBytes) {
+    throw new ServerError(
+      'FILE_TOO_LARGE',
+      `a file of ${file.size} bytes exceeds the limit of ${limits.maxFileBytes} bytes`,
+    );
+  }
+  if (used + file.size > limits.quotaBytes) {
+    throw new ServerError(
+      'QUOTA_EXCEEDED',
+      `${file.size} more bytes would exceed the quota of ${limits.quotaBytes} bytes (${used} used)`,
+    );
+  }
+}
+
+export function checkFileChunk(
+  v: unknown,
+  label = 'chunk',
+): { index: number; bytes: number; data: Uint8Array } {
+  const o = aobject(label, v);
+  const bytes = aint(`${label}.bytes`, o.bytes, 1, MAX_FILE_CHUNK_BYTES);
+  const stored = bytes + FILE_CHUNK_OVERHEAD;
+  return {
+    index: aint(`${label}.index`, o.index, 0, MAX_STORED_FILE_BYTES / MIN_FILE_CHUNK_BYTES),
+    bytes,
+    data: abytesRange(`${label}.data`, o.data, stored, stored),
+  };
+}
+
+/** 1..MAX_FILE_CHUNKS_PER_APPEND chunks with consecutive indexes, each checked as by checkFileChunk. */
+export function checkFileChunks(v: unknown): { index: number; bytes: number; data: Uint8Array }[] {
+  const list = aarray('chunks', v, 1, MAX_FILE_CHUNKS_PER_APPEND).map((c, i) =>
+    checkFileChunk(c, `chunks[${i}]`),
+  );
+  for (let i = 1; i < list.length; i++) {
+    if (list[i]!.index !== list[0]!.index + i) {
+      throw new ServerError('INVALID_ARGUMENT', '"chunks" expected consecutive indexes');
+    }
+  }
+  return list;
+}
+
+/**
+ * checkNextChunk for a run of consecutive chunks appended at once: each must be the next
+ * after the ones before it. Returns the file's `received` after the run.
+ */
+export function checkNextChunks(
+  fileId: string,
+  row: { readonly size: number; readonly chunkSize: number; readonly received: number },
+  chunks: readonly { readonly index: number; readonly bytes: number }[],
+): number {
+  let received = row.received;
+  for (const c of chunks) {
+    checkNextChunk(fileId, { size: row.size, chunkSize: row.chunkSize, received }, c);
+    received += c.bytes;
+  }
+  return received;
+}
+
+/**
+ * What an append must be, given the file's row: the next index, and `bytes` a whole chunk
+ * (or exactly what is left). UPLOAD_OFFSET_MISMATCH, INVALID_ARGUMENT.
+ */
+export function checkNextChunk(
+  fileId: string,
+  row: { readonly size: number; readonly chunkSize: number; readonly received: number },
+  chunk: { readonly index: number; readonly bytes: number },
+): void {
+  const next = Math.floor(row.received / row.chunkSize);
+  if (row.received >= row.size || chunk.index !== next) {
+    throw new ServerError(
+      'UPLOAD_OFFSET_MISMATCH',
+      row.received >= row.size
+        ? `file ${fileId} is complete`
+        : `file ${fileId} expects chunk ${next} (at byte ${row.received}), not chunk ${chunk.index}`,
+    );
+  }
+  const expected = Math.min(row.chunkSize, row.size - row.received);
+  if (chunk.bytes !== expected) {
+    throw new ServerError(
+      'INVALID_ARGUMENT',
+      `"chunk.bytes" expected ${expected} for chunk ${chunk.index} of file ${fileId}, got ${chunk.bytes}`,
+    );
+  }
+}
+
+export function checkFileRange(first: unknown, count: unknown): { first: number; count: number } {
+  return {
+    first: aint('first', first, 0, MAX_STORED_FILE_BYTES),
+    count: aint('count', count, 1, MAX_FILE_CHUNKS_PER_READ),
+  };
+}
+
+/** A wrapped file key as `replaceFileKey` takes it. */
+export function checkWrappedFileKey(label: string, v: unknown): { keyId: string; ciphertext: Uint8Array } {
+  const w = aobject(label, v);
+  return {
+    keyId: checkKekVersionId(`${label}.keyId`, w.keyId),
+    ciphertext: Uint8Array.from(abytesRange(`${label}.ciphertext`, w.ciphertext, 1, 4096)),
+  };
+}
+
+export function checkKekVersionId(label: string, v: unknown): string {
+  return astring(label, v, 1, 64, KEY_ID_PATTERN);
+}
+
+export function checkListFileKeys(v: unknown): { exceptKeyId: string; afterId: string; limit: number } {
+  const o = aobject('options', v);
+  return {
+    exceptKeyId: checkKekVersionId('options.exceptKeyId', o.exceptKeyId),
+    afterId: o.afterId === undefined ? '' : checkHexId('options.afterId', o.afterId),
+    limit: aint('options.limit', o.limit, 1, 1000),
+  };
 }

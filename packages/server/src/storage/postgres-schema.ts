@@ -197,6 +197,41 @@ CREATE TABLE audit_head (
 );
 `,
   },
+  {
+    version: 3,
+    name: 'files',
+    sql: `
+-- End-to-end encrypted files (files/): the client's ciphertext, encrypted again at rest in
+-- chunks under the file's own data key, which the KMS wraps under the context 'file:<id>'.
+-- The chunks live here, not on a node's disk, so every node serves every file and a
+-- database backup holds them. size and chunk_size are bound into every chunk's AAD and
+-- every chunk below received must be there, so editing these columns makes the file fail
+-- to open rather than read wrongly.
+CREATE TABLE files (
+  id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  size BIGINT NOT NULL,
+  chunk_size INTEGER NOT NULL,
+  received BIGINT NOT NULL DEFAULT 0,       -- complete when received = size; appends lock this row
+  recipients BYTEA NOT NULL,                -- sealed (row id: files.id)
+  key_id TEXT NOT NULL,                     -- the KEK version that wrapped the data key
+  wrapped_key BYTEA NOT NULL,               -- wrapped by the KMS (opaque, authenticated)
+  created_at BIGINT NOT NULL,
+  updated_at BIGINT NOT NULL
+);
+CREATE INDEX files_owner ON files(owner_id);
+CREATE INDEX files_incomplete ON files(updated_at) WHERE received < size;
+
+CREATE TABLE file_chunks (
+  file_id TEXT NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+  idx INTEGER NOT NULL,
+  data BYTEA NOT NULL,                      -- files/chunk-format.ts: format, nonce, AES-256-GCM ciphertext, tag
+  PRIMARY KEY (file_id, idx)
+);
+-- Ciphertext does not compress: store it out of line without trying.
+ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+`,
+  },
 ];
 
 async function currentVersion(client: pg.PoolClient): Promise<number> {

@@ -80,21 +80,30 @@ import {
   checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
+  checkFileChunks,
+  checkFileFits,
+  checkFileLimits,
+  checkFileRange,
   checkGrant,
   checkHexId,
+  checkKekVersionId,
   checkLimits,
   checkListChannelsFilter,
+  checkListFileKeys,
   checkNewChannel,
   checkNewDevice,
   checkNewEnrolmentCode,
+  checkNewFile,
   checkNewOrgUnit,
   checkNewRole,
+  checkNextChunks,
   checkOneTimePrekeys,
   checkRoleName,
   checkRoles,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
+  checkWrappedFileKey,
   compareGrants,
   DEFAULT_FETCH,
   enrolmentCodeInvalid,
@@ -112,6 +121,7 @@ import {
   type EnvelopeRow,
   enrolmentCodeHash,
   envelopeBodyRef,
+  type FileRow,
   identityKeyRef,
   newId,
   oneTimePrekeyRef,
@@ -119,10 +129,12 @@ import {
   openChannelLogEntry,
   openDevice,
   openEnvelope,
+  openFileRow,
   ref,
   sealAuditRecord,
   sealChannelLogEntry,
   sealDeviceFields,
+  sealFileRecipients,
   tallyRecipients,
   tryOpenAuditRecord,
 } from './sealed-rows.js';
@@ -138,10 +150,14 @@ import {
   type Device,
   type Envelope,
   type EnvelopeReceipt,
+  type FileChunk,
+  type FileLimits,
   type Grant,
   type MailboxStats,
   type NewDevice,
   type NewEnvelope,
+  type NewFile,
+  type NewFileChunk,
   type OneTimePrekey,
   type OrgUnit,
   type PrekeyBundle,
@@ -149,6 +165,8 @@ import {
   type SignedPrekey,
   type Storage,
   type StorageLimits,
+  type StoredFile,
+  type StoredWrappedKey,
   type User,
 } from './types.js';
 
@@ -474,6 +492,64 @@ export async function rewrapPostgresDataKeys(options: {
     } finally {
       client.release();
     }
+  } catch (err) {
+    throw postgresError(err);
+  } finally {
+    await pool.end().catch(() => undefined);
+  }
+}
+
+/**
+ * Unwraps a data key that the storage itself does not use and that protects nothing stored
+ * (the session MAC key of service/sessions.ts), creating it when missing: nodes starting
+ * at once insert with ON CONFLICT DO NOTHING and all use the row that won. It lives in
+ * `data_keys` beside the others, so KEK rotation re-wraps it too. Call after
+ * openPostgresStorage (which creates the table).
+ */
+export async function loadPostgresExtraKey(options: {
+  readonly url: string;
+  readonly kms: Kms;
+  readonly ssl?: boolean | ConnectionOptions;
+  readonly clock?: () => number;
+  readonly name: string;
+}): Promise<Uint8Array> {
+  const pool = createPostgresPool({
+    url: options.url,
+    ...(options.ssl === undefined ? {} : { ssl: options.ssl }),
+    maxConnections: 1,
+  });
+  try {
+    const client = await connect(pool);
+    try {
+      const keys = await loadDataKeys(client, options.kms, [options.name], options.clock ?? Date.now, [
+        options.name,
+      ]);
+      return keys.get(options.name)!;
+    } finally {
+      client.release();
+    }
+  } catch (err) {
+    throw postgresError(err);
+  } finally {
+    await pool.end().catch(() => undefined);
+  }
+}
+
+/** The data keys in `data_keys`: name and the KEK version wrapping each (for `kms status`). */
+export async function listPostgresDataKeys(options: {
+  readonly url: string;
+  readonly ssl?: boolean | ConnectionOptions;
+}): Promise<{ name: string; keyId: string }[]> {
+  const pool = createPostgresPool({
+    url: options.url,
+    ...(options.ssl === undefined ? {} : { ssl: options.ssl }),
+    maxConnections: 1,
+  });
+  try {
+    const r = await pool.query<{ name: string; key_id: string }>(
+      'SELECT name, key_id FROM data_keys ORDER BY name',
+    );
+    return r.rows.map((row) => ({ name: row.name, keyId: row.key_id }));
   } catch (err) {
     throw postgresError(err);
   } finally {
@@ -1752,6 +1828,161 @@ export class PostgresStorage implements Storage {
       head && { seq: head.seq, hash: head.hash, signature: new Uint8Array(head.signature) },
       publicKey,
     );
+  }
+
+  // --- files ---------------------------------------------------------------------------
+
+  async createFile(file: NewFile, limits: FileLimits): Promise<StoredFile> {
+    const f = checkNewFile(file);
+    const l = checkFileLimits(limits);
+    const recipients = sealFileRecipients(this.#sealer, f.id, f.recipients);
+    const now = this.#clock();
+    return this.#tx(async (c) => {
+      // The owner's row lock serialises their creations on every node: the sum below
+      // cannot miss a file created concurrently.
+      await this.#lockUser(c, f.ownerId);
+      const used = await c.query<{ used: number }>(
+        'SELECT coalesce(sum(size), 0)::bigint AS used FROM files WHERE owner_id = $1',
+        [f.ownerId],
+      );
+      checkFileFits(f, l, used.rows[0]?.used ?? 0);
+      const r = await c.query<FileRow>(
+        `INSERT INTO files (id, owner_id, size, chunk_size, received, recipients, key_id, wrapped_key, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 0, $5, $6, $7, $8, $8)
+         ON CONFLICT (id) DO NOTHING RETURNING *`,
+        [f.id, f.ownerId, f.size, f.chunkSize, recipients, f.wrappedKey.keyId, f.wrappedKey.ciphertext, now],
+      );
+      const row = r.rows[0];
+      if (!row) throw new ServerError('INVALID_ARGUMENT', `a file with id ${f.id} already exists`);
+      return openFileRow(this.#sealer, row);
+    });
+  }
+
+  async getFile(fileId: string): Promise<StoredFile | undefined> {
+    checkHexId('fileId', fileId);
+    const r = await this.#query<FileRow>('SELECT * FROM files WHERE id = $1', [fileId]);
+    return r.rows[0] && openFileRow(this.#sealer, r.rows[0]);
+  }
+
+  async appendFileChunks(fileId: string, chunks: readonly NewFileChunk[]): Promise<StoredFile> {
+    checkHexId('fileId', fileId);
+    const list = checkFileChunks(chunks);
+    const now = this.#clock();
+    return this.#tx(async (c) => {
+      // The row lock orders appenders on every node: the second reads the first's
+      // `received` and gets UPLOAD_OFFSET_MISMATCH.
+      const r = await c.query<{ size: number; chunk_size: number; received: number }>(
+        'SELECT size, chunk_size, received FROM files WHERE id = $1 FOR UPDATE',
+        [fileId],
+      );
+      const row = r.rows[0];
+      if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+      const received = checkNextChunks(
+        fileId,
+        { size: row.size, chunkSize: row.chunk_size, received: row.received },
+        list,
+      );
+      // One statement for the whole run, in this one transaction (one commit per batch).
+      const values: string[] = [];
+      const params: unknown[] = [fileId];
+      for (const ch of list) {
+        params.push(ch.index, ch.data);
+        values.push(`($1, $${params.length - 1}, $${params.length})`);
+      }
+      await c.query(`INSERT INTO file_chunks (file_id, idx, data) VALUES ${values.join(', ')}`, params);
+      const u = await c.query<FileRow>(
+        'UPDATE files SET received = $2, updated_at = $3 WHERE id = $1 RETURNING *',
+        [fileId, received, now],
+      );
+      return openFileRow(this.#sealer, u.rows[0]!);
+    });
+  }
+
+  async readFileChunks(fileId: string, first: number, count: number): Promise<FileChunk[]> {
+    checkHexId('fileId', fileId);
+    const rg = checkFileRange(first, count);
+    // One statement, one snapshot; the file row says whether the file exists at all.
+    const r = await this.#query<{ idx: number | null; data: Buffer | null }>(
+      `SELECT k.idx, k.data FROM files f
+         LEFT JOIN file_chunks k ON k.file_id = f.id AND k.idx >= $2 AND k.idx < $3
+         WHERE f.id = $1 ORDER BY k.idx`,
+      [fileId, rg.first, rg.first + rg.count],
+    );
+    if (r.rows.length === 0) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+    return r.rows
+      .filter((row): row is { idx: number; data: Buffer } => row.idx !== null && row.data !== null)
+      .map((row) => ({ index: row.idx, data: row.data }));
+  }
+
+  async deleteFile(fileId: string, ownerId: string): Promise<void> {
+    checkHexId('fileId', fileId);
+    checkUserId('ownerId', ownerId);
+    await this.#tx(async (c) => {
+      // The chunks go with it (ON DELETE CASCADE).
+      const r = await c.query('DELETE FROM files WHERE id = $1 AND owner_id = $2', [fileId, ownerId]);
+      if (r.rowCount === 0) {
+        throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId} owned by ${ownerId}`);
+      }
+    });
+  }
+
+  async fileUsage(userId: string): Promise<number> {
+    checkUserId('userId', userId);
+    const r = await this.#query<{ used: number }>(
+      'SELECT coalesce(sum(size), 0)::bigint AS used FROM files WHERE owner_id = $1',
+      [userId],
+    );
+    return r.rows[0]?.used ?? 0;
+  }
+
+  async purgeIncompleteFiles(updatedBefore: number): Promise<number> {
+    aint('updatedBefore', updatedBefore, 0, Number.MAX_SAFE_INTEGER);
+    return this.#tx(async (c) => {
+      const r = await c.query('DELETE FROM files WHERE received < size AND updated_at < $1', [updatedBefore]);
+      return r.rowCount ?? 0;
+    });
+  }
+
+  async fileKeyVersions(): Promise<{ keyId: string; files: number }[]> {
+    const r = await this.#query<{ key_id: string; files: number }>(
+      'SELECT key_id, count(*) AS files FROM files GROUP BY key_id ORDER BY key_id COLLATE "C"',
+      [],
+    );
+    return r.rows.map((row) => ({ keyId: row.key_id, files: row.files }));
+  }
+
+  async listFileKeys(options: {
+    readonly exceptKeyId: string;
+    readonly afterId?: string;
+    readonly limit: number;
+  }): Promise<{ fileId: string; wrappedKey: StoredWrappedKey }[]> {
+    const o = checkListFileKeys(options);
+    const r = await this.#query<{ id: string; key_id: string; wrapped_key: Buffer }>(
+      `SELECT id, key_id, wrapped_key FROM files WHERE key_id <> $1 AND id COLLATE "C" > $2
+         ORDER BY id COLLATE "C" LIMIT $3`,
+      [o.exceptKeyId, o.afterId, o.limit],
+    );
+    return r.rows.map((row) => ({
+      fileId: row.id,
+      wrappedKey: { keyId: row.key_id, ciphertext: new Uint8Array(row.wrapped_key) },
+    }));
+  }
+
+  async replaceFileKey(
+    fileId: string,
+    expectedKeyId: string,
+    wrappedKey: StoredWrappedKey,
+  ): Promise<boolean> {
+    checkHexId('fileId', fileId);
+    checkKekVersionId('expectedKeyId', expectedKeyId);
+    const w = checkWrappedFileKey('wrappedKey', wrappedKey);
+    return this.#tx(async (c) => {
+      const r = await c.query(
+        'UPDATE files SET key_id = $1, wrapped_key = $2 WHERE id = $3 AND key_id = $4',
+        [w.keyId, w.ciphertext, fileId, expectedKeyId],
+      );
+      return r.rowCount === 1;
+    });
   }
 
   async close(): Promise<void> {

@@ -13,7 +13,17 @@ import { auditRecordRef, parseAuditRecordBytes } from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import { publicRandomBytes } from '../random-pool.js';
 import type { FieldRef, FieldSealer } from './field-sealer.js';
-import type { AuditRecord, ChannelLogEntry, Device, Envelope, NewDevice, NewEnvelope } from './types.js';
+import { checkFileRecipients } from './input.js';
+import type {
+  AuditRecord,
+  ChannelLogEntry,
+  Device,
+  Envelope,
+  FileRecipients,
+  NewDevice,
+  NewEnvelope,
+  StoredFile,
+} from './types.js';
 
 const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
 
@@ -232,4 +242,61 @@ export function auditRecordFromBytes(seq: number, bytes: Uint8Array): AuditRecor
     throw new ServerError('UNSEAL_FAILED', `audit record ${seq} is not a record`);
   }
   return record;
+}
+
+// --- files (issue 6) ---------------------------------------------------------------------
+
+export function fileRecipientsRef(fileId: string): FieldRef {
+  return ref('files', 'recipients', fileId);
+}
+
+/** A file's recipients, sealed (JSON) and bound to the file's row. */
+export function sealFileRecipients(sealer: FieldSealer, fileId: string, r: FileRecipients): Uint8Array {
+  const json = r.kind === 'users' ? { users: r.userIds } : { channel: r.channelId };
+  return sealer.sealString(fileRecipientsRef(fileId), JSON.stringify(json));
+}
+
+export function openFileRecipients(sealer: FieldSealer, fileId: string, sealed: Uint8Array): FileRecipients {
+  const text = sealer.openString(fileRecipientsRef(fileId), sealed);
+  try {
+    const j = JSON.parse(text) as { users?: unknown; channel?: unknown };
+    return checkFileRecipients(
+      'recipients',
+      j.users !== undefined ? { kind: 'users', userIds: j.users } : { kind: 'channel', channelId: j.channel },
+    );
+  } catch {
+    throw new ServerError(
+      'UNSEAL_FAILED',
+      `sealed files.recipients of row ${fileId} is not a recipient list`,
+    );
+  }
+}
+
+/** A file row as both backends read it (column names as in both schemas). */
+export interface FileRow {
+  readonly id: string;
+  readonly owner_id: string;
+  readonly size: number;
+  readonly chunk_size: number;
+  readonly received: number;
+  readonly recipients: Uint8Array;
+  readonly key_id: string;
+  readonly wrapped_key: Uint8Array;
+  readonly created_at: number;
+  readonly updated_at: number;
+}
+
+export function openFileRow(sealer: FieldSealer, row: FileRow): StoredFile {
+  return {
+    id: row.id,
+    ownerId: row.owner_id,
+    size: row.size,
+    chunkSize: row.chunk_size,
+    received: row.received,
+    complete: row.received === row.size,
+    recipients: openFileRecipients(sealer, row.id, row.recipients),
+    wrappedKey: { keyId: row.key_id, ciphertext: new Uint8Array(row.wrapped_key) },
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
 }

@@ -174,4 +174,31 @@ CREATE TABLE audit_head (
 ) STRICT;
 `,
   },
+  {
+    version: 4,
+    name: 'files',
+    sql: `
+-- End-to-end encrypted files (files/): the client's ciphertext, encrypted again at rest in
+-- chunks under the file's own data key, which the KMS wraps under the context 'file:<id>'.
+-- size and chunk_size are bound into every chunk's AAD and every chunk below received must
+-- be in the file's blob, so editing these columns makes the file fail to open rather than read wrongly.
+CREATE TABLE files (
+  id TEXT PRIMARY KEY,
+  owner_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+  size INTEGER NOT NULL,
+  chunk_size INTEGER NOT NULL,
+  received INTEGER NOT NULL DEFAULT 0,      -- complete when received = size
+  recipients BLOB NOT NULL,                 -- sealed (row id: files.id)
+  key_id TEXT NOT NULL,                     -- the KEK version that wrapped the data key
+  wrapped_key BLOB NOT NULL,                -- wrapped by the KMS (opaque, authenticated)
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX files_owner ON files(owner_id);
+CREATE INDEX files_incomplete ON files(updated_at) WHERE received < size;
+-- The chunks themselves are not in the database: each file's sealed chunks are one blob
+-- file in the data directory's files/ (storage/file-blobs.ts), written and synced before
+-- received is committed.
+`,
+  },
 ];

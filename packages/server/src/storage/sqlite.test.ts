@@ -5,7 +5,16 @@
  * the data readable without re-encrypting it.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import {
+  appendFileSync,
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -23,12 +32,13 @@ import {
   openEmbeddedStorage,
 } from './embedded.js';
 import { FieldSealer } from './field-sealer.js';
+import { FILES_DIR } from './file-blobs.js';
 import { migrate } from './migrations.js';
 import { sealAuditRecord } from './sealed-rows.js';
 import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
 import { SqliteStorage } from './sqlite.js';
 import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
-import type { NewDevice } from './types.js';
+import { FILE_CHUNK_OVERHEAD, type NewDevice, type NewFile } from './types.js';
 
 const dirs: string[] = [];
 function tempDir(): string {
@@ -296,6 +306,84 @@ describe('the SQLCipher file', () => {
     expect(new TextDecoder().decode(e?.body)).toBe('body-rotate');
     await reopened.close();
     await kms2.close();
+  });
+});
+
+describe('file contents beside the database', () => {
+  const CHUNK = 4096;
+  const newFile = (ownerId: string, size: number): NewFile => ({
+    id: randomBytes(16).toString('hex'),
+    ownerId,
+    size,
+    chunkSize: CHUNK,
+    recipients: { kind: 'users', userIds: [ownerId] },
+    wrappedKey: { keyId: 'kek-1', ciphertext: new Uint8Array(randomBytes(60)) },
+  });
+  const LIMITS = { maxFileBytes: 1 << 20, quotaBytes: 1 << 22 };
+  const sealed = (index: number, bytes: number) => ({
+    index,
+    bytes,
+    data: new Uint8Array(randomBytes(bytes + FILE_CHUNK_OVERHEAD)),
+  });
+
+  it('keeps each file in a 0600 blob in a 0700 files/ directory, at fixed offsets, and removes it with its row', async () => {
+    const dataDir = tempDir();
+    const kms = await LocalKms.create(join(dataDir, LOCAL_KMS_FILE));
+    let storage = await openEmbeddedStorage({ dataDir, kms, clock: () => 1000 });
+    const files = join(dataDir, FILES_DIR);
+    expect(statSync(files).mode & 0o777).toBe(0o700);
+    const alice = await storage.createUser({ name: 'alice' });
+    const bob = await storage.createUser({ name: 'bob' });
+    const f = await storage.createFile(newFile(alice.id, 2 * CHUNK + 5), LIMITS);
+    // No blob before the first chunk.
+    expect(readdirSync(files)).toEqual([]);
+    const run = [sealed(0, CHUNK), sealed(1, CHUNK), sealed(2, 5)];
+    await storage.appendFileChunks(f.id, run);
+    const blob = join(files, f.id);
+    expect(statSync(blob).mode & 0o777).toBe(0o600);
+    const stride = CHUNK + FILE_CHUNK_OVERHEAD;
+    expect(readFileSync(blob).equals(Buffer.concat(run.map((c) => c.data)))).toBe(true);
+    expect(
+      readFileSync(blob)
+        .subarray(stride, 2 * stride)
+        .equals(run[1]!.data),
+    ).toBe(true);
+    // Garbage past `received` (a crash between the write and the commit) is never read,
+    // and the next append writes over it.
+    const g = await storage.createFile(newFile(alice.id, 3 * CHUNK), LIMITS);
+    await storage.appendFileChunks(g.id, [sealed(0, CHUNK)]);
+    appendFileSync(join(files, g.id), randomBytes(stride));
+    expect((await storage.readFileChunks(g.id, 0, 3)).map((c) => c.index)).toEqual([0]);
+    const next = sealed(1, CHUNK);
+    await storage.appendFileChunks(g.id, [next]);
+    expect(new Uint8Array((await storage.readFileChunks(g.id, 1, 1))[0]!.data)).toEqual(next.data);
+
+    // Deleting, purging and removing the owner take the blobs with the rows.
+    await storage.deleteFile(f.id, alice.id);
+    expect(existsSync(blob)).toBe(false);
+    const idle = await storage.createFile(newFile(bob.id, 2 * CHUNK), LIMITS);
+    await storage.appendFileChunks(idle.id, [sealed(0, CHUNK)]);
+    expect(await storage.purgeIncompleteFiles(2000)).toBe(2);
+    expect(readdirSync(files)).toEqual([]);
+    const h = await storage.createFile(newFile(bob.id, CHUNK), LIMITS);
+    await storage.appendFileChunks(h.id, [sealed(0, CHUNK)]);
+    expect(readdirSync(files)).toEqual([h.id]);
+    await storage.removeUser(bob.id);
+    expect(readdirSync(files)).toEqual([]);
+
+    // A blob left without its row (a crash between the two) is removed at the next start;
+    // a live file's blob is not.
+    const kept = await storage.createFile(newFile(alice.id, CHUNK), LIMITS);
+    await storage.appendFileChunks(kept.id, [sealed(0, CHUNK)]);
+    const orphan = randomBytes(16).toString('hex');
+    writeFileSync(join(files, orphan), randomBytes(100));
+    writeFileSync(join(files, 'not-a-blob'), 'left alone');
+    await storage.close();
+    storage = await openEmbeddedStorage({ dataDir, kms });
+    expect(readdirSync(files).sort()).toEqual([kept.id, 'not-a-blob'].sort());
+    expect((await storage.readFileChunks(kept.id, 0, 1)).map((c) => c.index)).toEqual([0]);
+    await storage.close();
+    await kms.close();
   });
 });
 

@@ -19,6 +19,7 @@
  * order they were made, and any other write first runs what is queued, so writes keep
  * their call order; reads never see a queued write, whose promise has not resolved yet.
  */
+import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3-multiple-ciphers';
 import {
   auditPublicKey,
@@ -28,9 +29,10 @@ import {
   signAuditHead,
   verifyAuditRows,
 } from '../audit/chain.js';
-import { ServerError } from '../errors.js';
+import { isServerError, ServerError } from '../errors.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
 import type { FieldSealer } from './field-sealer.js';
+import { chunkStride, FILES_DIR, FileBlobs } from './file-blobs.js';
 import {
   builtinRole,
   builtinRoles,
@@ -43,21 +45,30 @@ import {
   checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
+  checkFileChunks,
+  checkFileFits,
+  checkFileLimits,
+  checkFileRange,
   checkGrant,
   checkHexId,
+  checkKekVersionId,
   checkLimits,
   checkListChannelsFilter,
+  checkListFileKeys,
   checkNewChannel,
   checkNewDevice,
   checkNewEnrolmentCode,
+  checkNewFile,
   checkNewOrgUnit,
   checkNewRole,
+  checkNextChunks,
   checkOneTimePrekeys,
   checkRoleName,
   checkRoles,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
+  checkWrappedFileKey,
   compareGrants,
   DEFAULT_FETCH,
   enrolmentCodeInvalid,
@@ -76,15 +87,18 @@ import {
   type EnvelopeRow,
   enrolmentCodeHash,
   envelopeBodyRef,
+  type FileRow,
   newId,
   openAuditRecord,
   openChannelLogEntry,
   openDevice,
   openEnvelope,
+  openFileRow,
   ref,
   sealAuditRecord,
   sealChannelLogEntry,
   sealDeviceFields,
+  sealFileRecipients,
   tryOpenAuditRecord,
 } from './sealed-rows.js';
 import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
@@ -101,10 +115,15 @@ import {
   type Device,
   type Envelope,
   type EnvelopeReceipt,
+  FILE_CHUNK_OVERHEAD,
+  type FileChunk,
+  type FileLimits,
   type Grant,
   type MailboxStats,
   type NewDevice,
   type NewEnvelope,
+  type NewFile,
+  type NewFileChunk,
   type OneTimePrekey,
   type OrgUnit,
   type PrekeyBundle,
@@ -112,12 +131,19 @@ import {
   type SignedPrekey,
   type Storage,
   type StorageLimits,
+  type StoredFile,
+  type StoredWrappedKey,
   type User,
 } from './types.js';
 
 export interface SqliteStorageOptions {
   /** The database file (created 0600 if absent). */
   readonly path: string;
+  /**
+   * The directory of file contents (file-blobs.ts; created 0700 if absent). Default:
+   * `files` beside the database.
+   */
+  readonly filesDir?: string;
   /** The raw 256-bit SQLCipher key: the `database` DEK. */
   readonly databaseKey: Uint8Array;
   /** Seals non-routing fields; the storage owns it from here and destroys it on close. */
@@ -246,6 +272,7 @@ export class SqliteStorage implements Storage {
   readonly #auditKey: Uint8Array;
   readonly #limits: StorageLimits;
   readonly #clock: () => number;
+  readonly #blobs: FileBlobs;
   #closed = false;
   /** Mailbox writes waiting for the group commit scheduled in #groupTimer. */
   #group: GroupJob[] = [];
@@ -260,8 +287,10 @@ export class SqliteStorage implements Storage {
     o: SqliteStorageOptions,
     limits: StorageLimits,
     clock: () => number,
+    blobs: FileBlobs,
   ) {
     this.#db = db;
+    this.#blobs = blobs;
     this.#sealer = o.sealer;
     this.#lookupKey = Uint8Array.from(o.lookupKey);
     this.#auditKey = Uint8Array.from(o.auditKey);
@@ -297,14 +326,23 @@ export class SqliteStorage implements Storage {
     }
     const limits = checkLimits(DEFAULT_LIMITS, o.limits);
     const clock = o.clock ?? Date.now;
+    const filesDir =
+      o.filesDir === undefined
+        ? join(dirname(o.path), FILES_DIR)
+        : astring('options.filesDir', o.filesDir, 1, 4096);
     const db = openSqlcipher(o.path, o.databaseKey, o.synchronous ? { synchronous: o.synchronous } : {});
+    let blobs: FileBlobs;
     try {
       migrate(db, SQLITE_MIGRATIONS, clock);
+      blobs = new FileBlobs(filesDir);
+      // Blobs a crash left without their row (deleted between the two).
+      const exists = db.prepare('SELECT 1 FROM files WHERE id = ?').pluck();
+      blobs.sweep((id) => exists.get(id) !== undefined);
     } catch (err) {
       db.close();
       throw err;
     }
-    return new SqliteStorage(db, o, limits, clock);
+    return new SqliteStorage(db, o, limits, clock, blobs);
   }
 
   /**
@@ -444,11 +482,15 @@ export class SqliteStorage implements Storage {
 
   async removeUser(userId: string): Promise<void> {
     checkUserId('userId', userId);
-    this.#tx((db) => {
+    const files = this.#tx((db) => {
+      // Their files go with them (ON DELETE CASCADE); the blobs after the commit.
+      const ids = this.#prep(db, 'SELECT id FROM files WHERE owner_id = ?').pluck().all(userId) as string[];
       if (this.#prep(db, 'DELETE FROM users WHERE id = ?').run(userId).changes === 0) {
         throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
       }
+      return ids;
     });
+    await this.#removeBlobs(files);
   }
 
   async grantRole(userId: string, role: string): Promise<void> {
@@ -1402,6 +1444,214 @@ export class SqliteStorage implements Storage {
       stored,
       head && { seq: head.seq, hash: head.hash, signature: plain(head.signature) },
       auditPublicKey(this.#auditKey),
+    );
+  }
+
+  // --- files ---------------------------------------------------------------------------
+
+  #fileRow(db: SqliteDatabase, fileId: string): FileRow | undefined {
+    return this.#prep(db, 'SELECT * FROM files WHERE id = ?').get(fileId) as FileRow | undefined;
+  }
+
+  #fileOf(db: SqliteDatabase, fileId: string): StoredFile {
+    const row = this.#fileRow(db, fileId);
+    if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+    return openFileRow(this.#sealer, row);
+  }
+
+  #usage(db: SqliteDatabase, userId: string): number {
+    return this.#prep(db, 'SELECT coalesce(sum(size), 0) FROM files WHERE owner_id = ?')
+      .pluck()
+      .get(userId) as number;
+  }
+
+  async createFile(file: NewFile, limits: FileLimits): Promise<StoredFile> {
+    const f = checkNewFile(file);
+    const l = checkFileLimits(limits);
+    const recipients = sealFileRecipients(this.#sealer, f.id, f.recipients);
+    const now = this.#clock();
+    return this.#tx((db) => {
+      this.#userRow(db, f.ownerId);
+      if (this.#fileRow(db, f.id)) {
+        throw new ServerError('INVALID_ARGUMENT', `a file with id ${f.id} already exists`);
+      }
+      // Under the write lock (BEGIN IMMEDIATE): no other creation can slip in between.
+      checkFileFits(f, l, this.#usage(db, f.ownerId));
+      this.#prep(
+        db,
+        `INSERT INTO files (id, owner_id, size, chunk_size, received, recipients, key_id, wrapped_key, created_at, updated_at)
+         VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?)`,
+      ).run(
+        f.id,
+        f.ownerId,
+        f.size,
+        f.chunkSize,
+        recipients,
+        f.wrappedKey.keyId,
+        f.wrappedKey.ciphertext,
+        now,
+        now,
+      );
+      return this.#fileOf(db, f.id);
+    });
+  }
+
+  async getFile(fileId: string): Promise<StoredFile | undefined> {
+    checkHexId('fileId', fileId);
+    const row = this.#fileRow(this.#conn(), fileId);
+    return row && openFileRow(this.#sealer, row);
+  }
+
+  /** Removes the blobs of files whose rows were deleted (a failure leaves them to the next start's sweep). */
+  async #removeBlobs(fileIds: readonly string[]): Promise<void> {
+    for (const id of fileIds) await this.#blobs.remove(id).catch(() => undefined);
+  }
+
+  async appendFileChunks(fileId: string, chunks: readonly NewFileChunk[]): Promise<StoredFile> {
+    checkHexId('fileId', fileId);
+    const list = checkFileChunks(chunks);
+    // One append per file at a time in this process: the blob below `received` is never
+    // written again once committed (file-blobs.ts).
+    return this.#blobs.exclusive(fileId, async () => {
+      const row = this.#fileRow(this.#conn(), fileId);
+      if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+      const layout = { size: row.size, chunkSize: row.chunk_size, received: row.received };
+      checkNextChunks(fileId, layout, list);
+      // The chunks reach stable storage before `received` says they are there.
+      try {
+        await this.#blobs.write(
+          fileId,
+          list[0]!.index * chunkStride(row.chunk_size),
+          list.map((c) => c.data),
+          row.received === 0,
+        );
+      } catch (err) {
+        if (isServerError(err, 'FILE_CORRUPT') && !this.#fileRow(this.#conn(), fileId)) {
+          throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+        }
+        throw err;
+      }
+      const now = this.#clock();
+      try {
+        return this.#tx((db) => {
+          const r = this.#fileRow(db, fileId);
+          if (!r) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+          // Another process may have appended meanwhile: then nothing is committed here.
+          const received = checkNextChunks(
+            fileId,
+            { size: r.size, chunkSize: r.chunk_size, received: r.received },
+            list,
+          );
+          this.#prep(db, 'UPDATE files SET received = ?, updated_at = ? WHERE id = ?').run(
+            received,
+            now,
+            fileId,
+          );
+          return this.#fileOf(db, fileId);
+        });
+      } catch (err) {
+        // Deleted while its chunks were being written: the blob just written is garbage.
+        if (isServerError(err, 'FILE_NOT_FOUND')) await this.#removeBlobs([fileId]);
+        throw err;
+      }
+    });
+  }
+
+  async readFileChunks(fileId: string, first: number, count: number): Promise<FileChunk[]> {
+    checkHexId('fileId', fileId);
+    const r = checkFileRange(first, count);
+    const row = this.#fileRow(this.#conn(), fileId);
+    if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+    const cs = row.chunk_size;
+    // Only chunks below `received`: past it a blob may hold what a crash left.
+    const end = Math.min(r.first + r.count, Math.ceil(row.received / cs));
+    if (end <= r.first) return [];
+    const stride = chunkStride(cs);
+    const lengthOf = (i: number) => Math.min(cs, row.size - i * cs) + FILE_CHUNK_OVERHEAD;
+    const total = (end - 1 - r.first) * stride + lengthOf(end - 1);
+    const bytes = await this.#blobs.read(fileId, r.first * stride, total);
+    const out: FileChunk[] = [];
+    for (let i = r.first; i < end; i++) {
+      const at = (i - r.first) * stride;
+      if (at >= bytes.length) break;
+      // A blob cut short gives a short chunk, which does not open: the caller's FILE_CORRUPT.
+      out.push({ index: i, data: bytes.subarray(at, Math.min(bytes.length, at + lengthOf(i))) });
+    }
+    return out;
+  }
+
+  async deleteFile(fileId: string, ownerId: string): Promise<void> {
+    checkHexId('fileId', fileId);
+    checkUserId('ownerId', ownerId);
+    this.#tx((db) => {
+      if (
+        this.#prep(db, 'DELETE FROM files WHERE id = ? AND owner_id = ?').run(fileId, ownerId).changes === 0
+      ) {
+        throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId} owned by ${ownerId}`);
+      }
+    });
+    // The row first, then its blob: a crash in between leaves a blob the next start removes.
+    await this.#removeBlobs([fileId]);
+  }
+
+  async fileUsage(userId: string): Promise<number> {
+    checkUserId('userId', userId);
+    return this.#usage(this.#conn(), userId);
+  }
+
+  async purgeIncompleteFiles(updatedBefore: number): Promise<number> {
+    aint('updatedBefore', updatedBefore, 0, Number.MAX_SAFE_INTEGER);
+    const ids = this.#tx((db) => {
+      const found = this.#prep(db, 'SELECT id FROM files WHERE received < size AND updated_at < ?')
+        .pluck()
+        .all(updatedBefore) as string[];
+      const del = this.#prep(db, 'DELETE FROM files WHERE id = ?');
+      for (const id of found) del.run(id);
+      return found;
+    });
+    await this.#removeBlobs(ids);
+    return ids.length;
+  }
+
+  async fileKeyVersions(): Promise<{ keyId: string; files: number }[]> {
+    return this.#prep(
+      this.#conn(),
+      'SELECT key_id AS keyId, count(*) AS files FROM files GROUP BY key_id ORDER BY key_id',
+    ).all() as { keyId: string; files: number }[];
+  }
+
+  async listFileKeys(options: {
+    readonly exceptKeyId: string;
+    readonly afterId?: string;
+    readonly limit: number;
+  }): Promise<{ fileId: string; wrappedKey: StoredWrappedKey }[]> {
+    const o = checkListFileKeys(options);
+    const rows = this.#prep(
+      this.#conn(),
+      'SELECT id, key_id, wrapped_key FROM files WHERE key_id != ? AND id > ? ORDER BY id LIMIT ?',
+    ).all(o.exceptKeyId, o.afterId, o.limit) as { id: string; key_id: string; wrapped_key: Buffer }[];
+    return rows.map((r) => ({
+      fileId: r.id,
+      wrappedKey: { keyId: r.key_id, ciphertext: new Uint8Array(r.wrapped_key) },
+    }));
+  }
+
+  async replaceFileKey(
+    fileId: string,
+    expectedKeyId: string,
+    wrappedKey: StoredWrappedKey,
+  ): Promise<boolean> {
+    checkHexId('fileId', fileId);
+    checkKekVersionId('expectedKeyId', expectedKeyId);
+    const w = checkWrappedFileKey('wrappedKey', wrappedKey);
+    return this.#tx(
+      (db) =>
+        this.#prep(db, 'UPDATE files SET key_id = ?, wrapped_key = ? WHERE id = ? AND key_id = ?').run(
+          w.keyId,
+          w.ciphertext,
+          fileId,
+          expectedKeyId,
+        ).changes === 1,
     );
   }
 

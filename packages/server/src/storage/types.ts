@@ -245,6 +245,71 @@ export type AuditVerification =
       readonly message: string;
     };
 
+// --- files (issue 6) ---------------------------------------------------------------------
+
+/** Who may read a file once it is complete (besides its owner). */
+export type FileRecipients =
+  | { readonly kind: 'users'; readonly userIds: readonly string[] }
+  | { readonly kind: 'channel'; readonly channelId: string };
+
+/** A file's data key as the KMS wrapped it (under the context `file:<id>`). */
+export interface StoredWrappedKey {
+  readonly keyId: string;
+  readonly ciphertext: Uint8Array;
+}
+
+export interface NewFile {
+  /** 32 hex digits, chosen by the caller: the wrapped key is bound to it before the row exists. */
+  readonly id: string;
+  readonly ownerId: string;
+  /** Exact size in bytes of what the client uploads (its ciphertext). */
+  readonly size: number;
+  /** Bytes per at-rest chunk (the last one may be shorter). */
+  readonly chunkSize: number;
+  readonly recipients: FileRecipients;
+  readonly wrappedKey: StoredWrappedKey;
+}
+
+export interface StoredFile extends NewFile {
+  /** Bytes stored so far: a multiple of `chunkSize` until it reaches `size`. */
+  readonly received: number;
+  /** `received === size`. */
+  readonly complete: boolean;
+  readonly createdAt: number;
+  /** The last append (or the creation). */
+  readonly updatedAt: number;
+}
+
+/** The limits `createFile` enforces, from the service's configuration. */
+export interface FileLimits {
+  readonly maxFileBytes: number;
+  /** The most bytes one user's files (complete and in progress) may add up to. */
+  readonly quotaBytes: number;
+}
+
+/** One stored chunk: opaque bytes to the storage (files/chunk-format.ts seals them). */
+export interface FileChunk {
+  readonly index: number;
+  readonly data: Uint8Array;
+}
+
+/**
+ * What every stored chunk adds to its plaintext (files/chunk-format.ts: format byte,
+ * nonce, tag): a chunk of `bytes` plaintext bytes is exactly `bytes + FILE_CHUNK_OVERHEAD`
+ * bytes of data. Fixed, so the embedded backend keeps chunk `i` at byte
+ * `i × (chunkSize + FILE_CHUNK_OVERHEAD)` of the file's blob.
+ */
+export const FILE_CHUNK_OVERHEAD = 29;
+
+/** A chunk to append: its index, its plaintext length, and its sealed data. */
+export interface NewFileChunk {
+  readonly index: number;
+  /** Plaintext bytes: `chunkSize`, or what is left for the last chunk. */
+  readonly bytes: number;
+  /** Exactly `bytes + FILE_CHUNK_OVERHEAD` bytes. */
+  readonly data: Uint8Array;
+}
+
 export interface Storage {
   // --- users ---------------------------------------------------------------------------
   /** USER_EXISTS if the name is taken. */
@@ -402,6 +467,59 @@ export interface Storage {
   }): Promise<AuditRecord[]>;
   /** Walks the whole chain as stored and checks the signed head (audit/chain.ts). */
   verifyAudit(): Promise<AuditVerification>;
+
+  // --- files ---------------------------------------------------------------------------
+  /**
+   * Creates an empty file, atomically checking its owner's quota against the sum of the
+   * sizes of their files (complete and in progress): FILE_TOO_LARGE over
+   * `limits.maxFileBytes`, QUOTA_EXCEEDED over `limits.quotaBytes`; USER_NOT_FOUND for the
+   * owner; INVALID_ARGUMENT for a taken id. Recipients are sealed at rest.
+   */
+  createFile(file: NewFile, limits: FileLimits): Promise<StoredFile>;
+  getFile(fileId: string): Promise<StoredFile | undefined>;
+  /**
+   * Stores the file's next chunks (1..MAX_FILE_CHUNKS_PER_APPEND, consecutive, the first
+   * at index `received / chunkSize`) and advances `received` by their `bytes` (each a
+   * whole chunk, or exactly what is left for the last one), all or nothing: when this
+   * resolves the chunks are on stable storage. UPLOAD_OFFSET_MISMATCH unless the first
+   * chunk is the next one (another writer appended first, or the file is complete);
+   * FILE_NOT_FOUND; INVALID_ARGUMENT for wrong `bytes` or data lengths.
+   *
+   * The embedded backend writes the chunks into the file's blob (a file beside the
+   * database) and syncs it before it commits `received`, in one commit per call: bytes of
+   * a blob past `received` (left by a crash in between) are never read and are
+   * overwritten by the resumed upload. PostgreSQL stores them as rows, in one transaction.
+   */
+  appendFileChunks(fileId: string, chunks: readonly NewFileChunk[]): Promise<StoredFile>;
+  /**
+   * The stored chunks with index in [first, first + count), in index order; a missing
+   * chunk is simply absent from the result, and one stored short comes back short (the
+   * caller decides that is corruption). Only chunks below `received` are returned.
+   * `count` is at most MAX_FILE_CHUNKS_PER_READ. FILE_NOT_FOUND for no such file.
+   */
+  readFileChunks(fileId: string, first: number, count: number): Promise<FileChunk[]>;
+  /** Deletes the file and its chunks if `ownerId` owns it; FILE_NOT_FOUND otherwise (either way). */
+  deleteFile(fileId: string, ownerId: string): Promise<void>;
+  /** The sum of the sizes of the user's files, complete and in progress. */
+  fileUsage(userId: string): Promise<number>;
+  /** Deletes incomplete files last appended to (or created) before `updatedBefore`; returns how many. */
+  purgeIncompleteFiles(updatedBefore: number): Promise<number>;
+  /** How many files' data keys each KEK version wraps (for KEK rotation and destruction). */
+  fileKeyVersions(): Promise<{ readonly keyId: string; readonly files: number }[]>;
+  /**
+   * Up to `limit` files whose data key is wrapped under another KEK version than
+   * `exceptKeyId`, with id greater than `afterId` (a cursor), by id.
+   */
+  listFileKeys(options: {
+    readonly exceptKeyId: string;
+    readonly afterId?: string;
+    readonly limit: number;
+  }): Promise<{ readonly fileId: string; readonly wrappedKey: StoredWrappedKey }[]>;
+  /**
+   * Replaces a file's wrapped data key if it is still wrapped under `expectedKeyId`
+   * (another node may have re-wrapped it meanwhile); returns whether it did.
+   */
+  replaceFileKey(fileId: string, expectedKeyId: string, wrappedKey: StoredWrappedKey): Promise<boolean>;
 
   /** Closes the backend; further calls throw CLOSED. Idempotent. */
   close(): Promise<void>;

@@ -1,0 +1,179 @@
+/**
+ * The embedded backend's file contents: one blob file per uploaded file in a private
+ * directory beside the database (`files/` in the data directory, 0700; blobs 0600, named
+ * by the file's id), holding its sealed chunks back to back at fixed offsets: chunk `i` at
+ * `i × (chunkSize + FILE_CHUNK_OVERHEAD)`, the last one possibly shorter.
+ *
+ * Why not in the database: the chunks are already sealed with AES-256-GCM under the file's
+ * own KMS-wrapped key and bound to their place (files/chunk-format.ts), so encrypting them
+ * again as SQLCipher pages, and writing them twice through the WAL, protects nothing more
+ * and cost most of an upload's time. The row (size, `received`, wrapped key, recipients)
+ * stays in the database.
+ *
+ * Durability: an append writes its chunks with one positional write, fdatasyncs the blob
+ * (and the directory when the blob is new), and only then does the caller commit the new
+ * `received`. A crash in between leaves bytes past `received` that nothing reads and the
+ * resumed upload overwrites. Below `received` a blob is never written again (appends
+ * start at `received`, and one process writes a file's blob at a time: see `exclusive`),
+ * so a copy of [0, stored length of `received`) is consistent with any database snapshot
+ * that has that `received` (backup/backup.ts relies on this).
+ *
+ * Every call here is asynchronous (libuv's thread pool): a 16 MiB write and its fdatasync
+ * never block the event loop.
+ */
+import { readdirSync, rmSync } from 'node:fs';
+import { type FileHandle, open, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ServerError } from '../errors.js';
+import { ensurePrivateDir, fsyncDir, PRIVATE_FILE_MODE } from '../secure-file.js';
+import { FILE_CHUNK_OVERHEAD } from './types.js';
+
+/** The blob directory's name in the data directory. */
+export const FILES_DIR = 'files';
+const BLOB_NAME = /^[0-9a-f]{32}$/;
+
+/** Bytes between the starts of two consecutive stored chunks of a file. */
+export function chunkStride(chunkSize: number): number {
+  return chunkSize + FILE_CHUNK_OVERHEAD;
+}
+
+/** The stored length of a file's chunks below `received` (the bytes a backup copies). */
+export function storedLength(row: { readonly chunkSize: number; readonly received: number }): number {
+  const n = Math.ceil(row.received / row.chunkSize);
+  return row.received + n * FILE_CHUNK_OVERHEAD;
+}
+
+/** Per blob path, the tail of the chain of operations holding it (shared by every handle in the process). */
+const locks = new Map<string, Promise<void>>();
+
+export class FileBlobs {
+  readonly dir: string;
+
+  /** Creates the directory (0700) if it does not exist. */
+  constructor(dir: string) {
+    ensurePrivateDir(dir);
+    this.dir = dir;
+  }
+
+  path(fileId: string): string {
+    if (!BLOB_NAME.test(fileId)) throw new ServerError('INVALID_ARGUMENT', '"fileId" expected 32 hex digits');
+    return join(this.dir, fileId);
+  }
+
+  /**
+   * Runs `fn` while no other call of `exclusive` for the same file runs in this process,
+   * so two appends to one file never write its blob at once (the second one then finds
+   * `received` moved and writes nothing).
+   */
+  async exclusive<T>(fileId: string, fn: () => Promise<T>): Promise<T> {
+    const key = this.path(fileId);
+    const before = locks.get(key) ?? Promise.resolve();
+    let release!: () => void;
+    const mine = new Promise<void>((r) => {
+      release = r;
+    });
+    const tail = before.then(() => mine);
+    locks.set(key, tail);
+    await before;
+    try {
+      return await fn();
+    } finally {
+      release();
+      if (locks.get(key) === tail) locks.delete(key);
+    }
+  }
+
+  /**
+   * Writes `parts` back to back at `offset` of the file's blob and syncs it. The blob is
+   * created (0600, and the directory synced) only with `create`; otherwise a missing blob
+   * is FILE_CORRUPT (it was lost, or the file was deleted meanwhile: the caller tells).
+   */
+  async write(fileId: string, offset: number, parts: readonly Uint8Array[], create: boolean): Promise<void> {
+    const path = this.path(fileId);
+    let fh: FileHandle;
+    let created = false;
+    try {
+      fh = await open(path, 'r+');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      if (!create) throw new ServerError('FILE_CORRUPT', `the stored contents of file ${fileId} are missing`);
+      // 'wx' refuses a planted file or symlink; a concurrent creator cannot exist (exclusive).
+      fh = await open(path, 'wx', PRIVATE_FILE_MODE);
+      created = true;
+    }
+    try {
+      let position = offset;
+      let pending = parts.filter((p) => p.length > 0);
+      while (pending.length > 0) {
+        const { bytesWritten } = await fh.writev(pending, position);
+        position += bytesWritten;
+        let left = bytesWritten;
+        const rest: Uint8Array[] = [];
+        for (const p of pending) {
+          if (left >= p.length) {
+            left -= p.length;
+            continue;
+          }
+          rest.push(left > 0 ? p.subarray(left) : p);
+          left = 0;
+        }
+        pending = rest;
+      }
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    if (created) fsyncDir(this.dir);
+  }
+
+  /**
+   * Up to `length` bytes at `offset` of the file's blob: fewer where the blob ends early,
+   * none when it does not exist.
+   */
+  async read(fileId: string, offset: number, length: number): Promise<Buffer> {
+    let fh: FileHandle;
+    try {
+      fh = await open(this.path(fileId), 'r');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0);
+      throw err;
+    }
+    try {
+      const buf = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      return got === length ? buf : buf.subarray(0, got);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Removes the file's blob (after its row is gone); absent is fine. */
+  async remove(fileId: string): Promise<void> {
+    try {
+      await unlink(this.path(fileId));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+  }
+
+  /**
+   * Removes every blob whose file has no row (`exists` says false): what a crash between
+   * a row's deletion and its blob's removal leaves behind. A blob never exists before its
+   * row does, so this never removes a live file's contents.
+   */
+  sweep(exists: (fileId: string) => boolean): number {
+    let removed = 0;
+    for (const name of readdirSync(this.dir)) {
+      if (BLOB_NAME.test(name) && !exists(name)) {
+        rmSync(join(this.dir, name), { force: true });
+        removed++;
+      }
+    }
+    return removed;
+  }
+}
