@@ -423,7 +423,7 @@ function printAdmin(io: CliIo, body: AdminRequestJson, r: Record<string, unknown
       out(`KMS: ${s.provider} at ${s.location}\n`);
       for (const k of s.keyVersions) {
         out(
-          `${k.keyId}\t${k.active ? 'active' : 'inactive'}\tcreated ${new Date(k.createdAt).toISOString()}\twraps ${k.wrappedKeys} data key(s)\n`,
+          `${k.keyId}\t${k.active ? 'active' : 'inactive'}\tcreated ${new Date(k.createdAt).toISOString()}\twraps ${k.wrappedKeys} data key(s), ${k.wrappedFileKeys} file key(s)\n`,
         );
       }
       return;
@@ -431,7 +431,7 @@ function printAdmin(io: CliIo, body: AdminRequestJson, r: Record<string, unknown
     case 'kms.rotate': {
       const x = AdminKmsRotation.parse(r);
       out(
-        `Rotated the key-encryption key from ${x.previousKeyId} to ${x.activeKeyId}; re-wrapped ${x.rewrapped} data key(s).\n` +
+        `Rotated the key-encryption key from ${x.previousKeyId} to ${x.activeKeyId}; re-wrapped ${x.rewrapped} data key(s) and ${x.rewrappedFileKeys} file key(s).\n` +
           `Once no backup needs it, destroy the old version: kms destroy ${x.previousKeyId}\n`,
       );
       return;

@@ -31,7 +31,7 @@ const INSTALL_HINT =
 const PIN_ENV = 'QALQON_CLI_TEST_HSM_PIN';
 const USER_PIN = `user-${randomBytes(6).toString('hex')}`;
 const SO_PIN = `so-${randomBytes(6).toString('hex')}`;
-const DEK_NAMES = ['audit-signing', 'database', 'fields-1', 'lookup'];
+const DEK_NAMES = ['audit-signing', 'database', 'fields-1', 'lookup', 'session-mac'];
 
 const previousConf = process.env.SOFTHSM2_CONF;
 let modulePath = '';
@@ -98,7 +98,7 @@ async function kmsRotate(
   expect(r.err).toBe('');
   expect(r.code).toBe(0);
   const j = oneJson(r.out) as { previousKeyId: string; activeKeyId: string; rewrapped: number };
-  expect(Object.keys(j).sort()).toEqual(['activeKeyId', 'previousKeyId', 'rewrapped']);
+  expect(Object.keys(j).sort()).toEqual(['activeKeyId', 'previousKeyId', 'rewrapped', 'rewrappedFileKeys']);
   return j;
 }
 
@@ -110,8 +110,9 @@ function wrappedUnder(data: string): Record<string, string> {
   return Object.fromEntries(Object.entries(f.keys).map(([name, e]) => [name, e.keyId]));
 }
 
-function allUnder(keyId: string): Record<string, string> {
-  return Object.fromEntries(DEK_NAMES.map((n) => [n, keyId]));
+/** Every data key under `keyId`; before the first start, `session-mac` does not exist yet. */
+function allUnder(keyId: string, started = true): Record<string, string> {
+  return Object.fromEntries(DEK_NAMES.filter((n) => started || n !== 'session-mac').map((n) => [n, keyId]));
 }
 
 describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
@@ -154,7 +155,7 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
       pin: { env: PIN_ENV },
     });
     expect(existsSync(join(data, 'kms-master.key'))).toBe(false);
-    expect(wrappedUnder(data)).toEqual(allUnder(firstKek));
+    expect(wrappedUnder(data)).toEqual(allUnder(firstKek, false));
 
     let server = await startServer(dir, data);
     expect(await healthz(server.listening)).toBe(200);
@@ -164,7 +165,7 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
     expect(before.location).toBe(initJson.kms.location);
     expect(before.activeKeyId).toBe(firstKek);
     expect(before.keyVersions).toEqual([
-      { keyId: firstKek, createdAt: expect.any(Number), active: true, wrappedKeys: 4 },
+      { keyId: firstKek, createdAt: expect.any(Number), active: true, wrappedKeys: 5, wrappedFileKeys: 0 },
     ]);
     expect((await qalqon('admin', '--data', data, 'user', 'add', 'bob', '--json')).code).toBe(0);
 
@@ -172,19 +173,19 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
     expect(rotated.previousKeyId).toBe(firstKek);
     expect(rotated.activeKeyId).toMatch(/^qalqon-kek-[0-9a-f]{16}$/);
     expect(rotated.activeKeyId).not.toBe(firstKek);
-    expect(rotated.rewrapped).toBe(4);
+    expect(rotated.rewrapped).toBe(5);
     const secondKek = rotated.activeKeyId;
 
     const after = await kmsStatus(data);
     expect(after.activeKeyId).toBe(secondKek);
     expect(after.keyVersions.map((k) => [k.keyId, k.active, k.wrappedKeys])).toEqual([
       [firstKek, false, 0],
-      [secondKek, true, 4],
+      [secondKek, true, 5],
     ]);
     expect(wrappedUnder(data)).toEqual(allUnder(secondKek));
     const human = await qalqon('admin', '--data', data, 'kms', 'status');
     expect(human.out).toContain(`${secondKek}\tactive\t`);
-    expect(human.out).toContain('wraps 4 data key(s)');
+    expect(human.out).toContain('wraps 5 data key(s), 0 file key(s)');
 
     // The active version is never destroyed; an unknown one is reported as such.
     const active = await qalqon('admin', '--data', data, 'kms', 'destroy', secondKek, '--json');
@@ -291,7 +292,7 @@ describe('qalqon server init --kms pkcs11 (SoftHSM2) and admin kms', () => {
     expect(await healthz(server.listening)).toBe(200);
     const status = await kmsStatus(data);
     expect(status.provider).toBe('pkcs11');
-    expect(status.keyVersions.map((k) => [k.active, k.wrappedKeys])).toEqual([[true, 4]]);
+    expect(status.keyVersions.map((k) => [k.active, k.wrappedKeys])).toEqual([[true, 5]]);
     await stopServer(server);
 
     // Bad usage exits 2 without touching anything; there is no option that takes the PIN itself.
@@ -355,7 +356,7 @@ describe('qalqon admin kms with the local KMS', () => {
     expect(before.provider).toBe('local');
     expect(before.location).toBe(join(data, 'kms-master.key'));
     expect(before.keyVersions.map((k) => [k.keyId, k.active, k.wrappedKeys])).toEqual([
-      [firstKek.activeKeyId, true, 4],
+      [firstKek.activeKeyId, true, 5],
     ]);
     expect((await qalqon('admin', '--data', data, 'user', 'add', 'carol', '--json')).code).toBe(0);
 
@@ -364,27 +365,28 @@ describe('qalqon admin kms with the local KMS', () => {
     expect(r1).toEqual({
       previousKeyId: firstKek.activeKeyId,
       activeKeyId: expect.any(String),
-      rewrapped: 4,
+      rewrapped: 5,
+      rewrappedFileKeys: 0,
     });
     expect(r1.activeKeyId).not.toBe(firstKek.activeKeyId);
     expect(wrappedUnder(data)).toEqual(allUnder(r1.activeKeyId));
     expect((await kmsStatus(data)).keyVersions.map((k) => [k.keyId, k.active, k.wrappedKeys])).toEqual([
       [firstKek.activeKeyId, false, 0],
-      [r1.activeKeyId, true, 4],
+      [r1.activeKeyId, true, 5],
     ]);
 
     // Put back the data-key file from before the rotation (as a restore would): the old
     // version wraps them all again, so destroying it would lose the data and is refused.
     writeFileSync(join(data, 'data-keys.json'), oldDekFile, { mode: 0o600 });
-    expect((await kmsStatus(data)).keyVersions.map((k) => k.wrappedKeys)).toEqual([4, 0]);
+    expect((await kmsStatus(data)).keyVersions.map((k) => k.wrappedKeys)).toEqual([5, 0]);
     const refused = await qalqon('admin', '--data', data, 'kms', 'destroy', firstKek.activeKeyId);
     expect(refused.code).toBe(1);
     expect(refused.err).toBe(
-      `qalqon: KEK version ${firstKek.activeKeyId} still wraps 4 data key(s); run kms rotate first (BAD_REQUEST).\n`,
+      `qalqon: KEK version ${firstKek.activeKeyId} still wraps 5 data key(s) and 0 file key(s); run kms rotate first (BAD_REQUEST).\n`,
     );
     const r2 = await kmsRotate(data);
     expect(r2.previousKeyId).toBe(r1.activeKeyId);
-    expect(r2.rewrapped).toBe(4);
+    expect(r2.rewrapped).toBe(5);
     expect(wrappedUnder(data)).toEqual(allUnder(r2.activeKeyId));
 
     for (const old of [firstKek.activeKeyId, r1.activeKeyId]) {
@@ -407,7 +409,7 @@ describe('qalqon admin kms with the local KMS', () => {
     expect(human.code).toBe(0);
     expect(human.out).toMatch(
       new RegExp(
-        `^Rotated the key-encryption key from ${r2.activeKeyId} to local-[0-9a-f]{16}; re-wrapped 4 data key\\(s\\)\\.\n`,
+        `^Rotated the key-encryption key from ${r2.activeKeyId} to local-[0-9a-f]{16}; re-wrapped 5 data key\\(s\\) and 0 file key\\(s\\)\\.\n`,
       ),
     );
     await stopServer(again);

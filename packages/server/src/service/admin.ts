@@ -6,21 +6,32 @@
  *
  * The `kms.*` operations work on the KMS the server opened (the local key file or the
  * PKCS#11 token: one process holds a token's login, so the CLI never opens it itself) and
- * on the wrapped-data-key file, which they re-read for every operation. They run one at a
- * time, so two rotations cannot interleave their writes of that file.
+ * on the wrapped data keys — the data directory's key file, or PostgreSQL's `data_keys`
+ * table — which they re-read for every operation. They run one at a time, so two rotations
+ * cannot interleave their writes. Several PostgreSQL nodes: the rotation re-wraps the shared
+ * table in one transaction; running nodes keep working (their data keys are unchanged), but
+ * with the local KMS every node needs the rotated kms-master.key before it next starts.
  */
 import { chmodSync, lstatSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
-import { AdminRequest } from '@qalqon/wire';
+import { dirname } from 'node:path';
+import { Readable } from 'node:stream';
+import { AdminArchiveRequest, AdminRequest } from '@qalqon/wire';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { type PreparedArchive, prepareBackup } from '../backup/backup.js';
+import { prepareExport } from '../backup/export.js';
 import { isServerError, ServerError } from '../errors.js';
-import { DekRegistry, rotateKek } from '../kms/dek-registry.js';
+import { fileKeyVersions, rewrapFileKeys } from '../files/file-store.js';
+import { DekRegistry } from '../kms/dek-registry.js';
 import type { Kms } from '../kms/kms.js';
 import { PRIVATE_FILE_MODE } from '../secure-file.js';
+import { listPostgresDataKeys, rewrapPostgresDataKeys } from '../storage/postgres.js';
+import type { Storage } from '../storage/types.js';
 import * as ops from './admin-ops.js';
 import { ApiError, errorBody, toWireFailure } from './api-error.js';
 import { OPERATOR } from './authz.js';
 import { parse, type ServiceContext } from './context.js';
+import { readConfig } from './data-dir.js';
 
 /** Resolves true when something accepts connections on the socket path. */
 function socketAnswers(path: string): Promise<boolean> {
@@ -40,23 +51,43 @@ export interface AdminKmsAccess {
   readonly kms: Kms;
   /**
    * The wrapped-data-key file (DekRegistry) of the data directory; undefined with the
-   * PostgreSQL backend, whose data keys live in its `data_keys` table: the `kms.*`
-   * operations are refused there (a rotation that missed those keys, followed by a destroy,
-   * would lose the data).
+   * PostgreSQL backend, whose data keys live in its `data_keys` table (`postgres`).
    */
   readonly dekFile: string | undefined;
+  /** The PostgreSQL database whose `data_keys` table holds the wrapped data keys. */
+  readonly postgres?: { readonly url: string; readonly ssl: boolean } | undefined;
 }
 
-/** The access with its key file, or the refusal when the data keys are not in a file. */
-function withDekFile(access: AdminKmsAccess): AdminKmsAccess & { dekFile: string } {
-  if (access.dekFile === undefined) {
-    throw new ApiError(
-      'BAD_REQUEST',
-      409,
-      'the kms commands do not support the PostgreSQL backend yet (its data keys live in the database)',
-    );
+/** The wrapped data keys the kms.* operations count and re-wrap: the key file or the `data_keys` table. */
+interface WrappedKeys {
+  list(): Promise<{ keyId: string }[]>;
+  /** Re-wraps every key not under the active KEK version (one atomic write, or one transaction). */
+  rewrap(): Promise<number>;
+}
+
+/**
+ * The access's wrapped keys, or a refusal when it names none (a rotation that missed the
+ * data keys, followed by a destroy, would lose the data).
+ */
+function withDekFile(access: AdminKmsAccess): AdminKmsAccess & { keys: WrappedKeys } {
+  const { dekFile, postgres, kms } = access;
+  if (dekFile !== undefined) {
+    return {
+      ...access,
+      keys: {
+        list: async () => (await DekRegistry.open(dekFile, kms)).list(),
+        rewrap: async () => (await DekRegistry.open(dekFile, kms)).rewrapAll(),
+      },
+    };
   }
-  return access as AdminKmsAccess & { dekFile: string };
+  if (postgres !== undefined) {
+    const db = { url: postgres.url, ...(postgres.ssl ? { ssl: true } : {}) };
+    return {
+      ...access,
+      keys: { list: () => listPostgresDataKeys(db), rewrap: () => rewrapPostgresDataKeys({ ...db, kms }) },
+    };
+  }
+  throw new ApiError('BAD_REQUEST', 409, 'this server names no wrapped data keys for the kms commands');
 }
 
 /**
@@ -80,11 +111,11 @@ function kmsFailure(err: unknown): unknown {
   }
 }
 
-async function kmsStatus(access: AdminKmsAccess & { dekFile: string }) {
+async function kmsStatus(access: AdminKmsAccess & { keys: WrappedKeys }, storage: Storage) {
   const d = await access.kms.describe();
-  const registry = await DekRegistry.open(access.dekFile, access.kms);
   const counts = new Map<string, number>();
-  for (const k of registry.list()) counts.set(k.keyId, (counts.get(k.keyId) ?? 0) + 1);
+  for (const k of await access.keys.list()) counts.set(k.keyId, (counts.get(k.keyId) ?? 0) + 1);
+  const fileCounts = await fileKeyVersions(storage);
   return {
     provider: d.provider,
     location: d.location,
@@ -94,20 +125,32 @@ async function kmsStatus(access: AdminKmsAccess & { dekFile: string }) {
       createdAt: k.createdAt,
       active: k.active,
       wrappedKeys: counts.get(k.id) ?? 0,
+      wrappedFileKeys: fileCounts.get(k.id) ?? 0,
     })),
   };
 }
 
-async function kmsRotate(access: AdminKmsAccess & { dekFile: string }) {
+async function kmsRotate(access: AdminKmsAccess & { keys: WrappedKeys }, storage: Storage) {
   const previousKeyId = (await access.kms.describe()).activeKeyId;
-  const registry = await DekRegistry.open(access.dekFile, access.kms);
-  // A new version first, then every data key re-wrapped in one atomic write of the file:
-  // a crash in between leaves the old wraps, which the old version (still held) opens.
-  const { activeKeyId, rewrapped } = await rotateKek(access.kms, registry);
-  return { previousKeyId, activeKeyId, rewrapped };
+  // A new version first, then every data key re-wrapped in one atomic write of the file (or
+  // one transaction on data_keys): a crash in between leaves the old wraps, which the old
+  // version (still held) opens. (As rotateKek in dek-registry.ts.)
+  const activeKeyId = await access.kms.rotate();
+  const rewrapped = await access.keys.rewrap();
+  // Then every file's key, row by row (compare-and-set: a file deleted meanwhile is skipped).
+  // One that fails stays under the old version, which is still held; destroy refuses it.
+  const files = await rewrapFileKeys(storage, access.kms);
+  if (files.failed.length > 0) {
+    throw new ApiError(
+      'UNAVAILABLE',
+      503,
+      `the KEK was rotated and ${rewrapped} data key(s) re-wrapped, but ${files.failed.length} file key(s) could not be re-wrapped; run kms rotate again`,
+    );
+  }
+  return { previousKeyId, activeKeyId, rewrapped, rewrappedFileKeys: files.rewrapped };
 }
 
-async function kmsDestroy(access: AdminKmsAccess & { dekFile: string }, keyId: string) {
+async function kmsDestroy(access: AdminKmsAccess & { keys: WrappedKeys }, storage: Storage, keyId: string) {
   const d = await access.kms.describe();
   if (!d.keys.some((k) => k.id === keyId)) {
     throw new ApiError('NOT_FOUND', 404, `KEK version ${keyId} is not held by this KMS`);
@@ -115,14 +158,14 @@ async function kmsDestroy(access: AdminKmsAccess & { dekFile: string }, keyId: s
   if (keyId === d.activeKeyId) {
     throw new ApiError('BAD_REQUEST', 409, `KEK version ${keyId} is active; rotate before destroying it`);
   }
-  const registry = await DekRegistry.open(access.dekFile, access.kms);
-  const still = registry.list().filter((k) => k.keyId === keyId).length;
-  if (still > 0) {
-    // Destroying it would lose those data keys, and with them the data: refuse.
+  const still = (await access.keys.list()).filter((k) => k.keyId === keyId).length;
+  const stillFiles = (await fileKeyVersions(storage)).get(keyId) ?? 0;
+  if (still > 0 || stillFiles > 0) {
+    // Destroying it would lose those keys, and with them the data: refuse.
     throw new ApiError(
       'BAD_REQUEST',
       409,
-      `KEK version ${keyId} still wraps ${still} data key(s); run kms rotate first`,
+      `KEK version ${keyId} still wraps ${still} data key(s) and ${stillFiles} file key(s); run kms rotate first`,
     );
   }
   await access.kms.destroy(keyId);
@@ -199,11 +242,11 @@ export async function startAdminSocket(
         return { user: user.name, deviceId: r.deviceId, removed: true };
       }
       case 'kms.status':
-        return kmsOp(() => kmsStatus(withDekFile(kmsAccess)));
+        return kmsOp(() => kmsStatus(withDekFile(kmsAccess), ctx.storage));
       case 'kms.rotate': {
-        const out = await kmsOp(() => kmsRotate(withDekFile(kmsAccess)));
+        const out = await kmsOp(() => kmsRotate(withDekFile(kmsAccess), ctx.storage));
         ctx.log(
-          `admin: KEK rotated from ${out.previousKeyId} to ${out.activeKeyId}; ${out.rewrapped} data key(s) re-wrapped`,
+          `admin: KEK rotated from ${out.previousKeyId} to ${out.activeKeyId}; ${out.rewrapped} data key(s) and ${out.rewrappedFileKeys} file key(s) re-wrapped`,
         );
         await ctx.audit({
           actor: { kind: 'operator' },
@@ -214,13 +257,14 @@ export async function startAdminSocket(
             previousKeyId: out.previousKeyId,
             activeKeyId: out.activeKeyId,
             rewrapped: out.rewrapped,
+            rewrappedFileKeys: out.rewrappedFileKeys,
           },
         });
         return out;
       }
       case 'kms.destroy': {
         const { out, activeKeyId } = await kmsOp(async () => {
-          const destroyed = await kmsDestroy(withDekFile(kmsAccess), r.keyId);
+          const destroyed = await kmsDestroy(withDekFile(kmsAccess), ctx.storage, r.keyId);
           return { out: destroyed, activeKeyId: (await kmsAccess.kms.describe()).activeKeyId };
         });
         ctx.log(`admin: KEK version ${r.keyId} destroyed`);
@@ -260,6 +304,79 @@ export async function startAdminSocket(
       case 'audit.verify':
         return ops.verifyAudit(ctx);
     }
+  });
+
+  // Backups and exports (backup/): one at a time, the archive streamed as the answer. The data
+  // directory is the socket's (run.ts puts the socket there).
+  const dataDir = dirname(path);
+  let archiveBusy = false;
+  app.post('/admin/archive', async (req, reply) => {
+    const r = parse(AdminArchiveRequest, req.body);
+    if (archiveBusy)
+      throw new ApiError('BAD_REQUEST', 409, 'another backup or export is running on this server');
+    archiveBusy = true;
+    const action = r.kind;
+    const recoveryKey =
+      r.recoveryKey === undefined ? undefined : new Uint8Array(Buffer.from(r.recoveryKey, 'base64'));
+    let prepared: PreparedArchive;
+    try {
+      prepared = await kmsOp(() => {
+        if (r.kind === 'backup') {
+          if (kmsAccess.dekFile === undefined) {
+            throw new ServerError(
+              'BACKUP_UNSUPPORTED',
+              'backup covers the embedded database only; for PostgreSQL use pg_dump and keep the KMS apart (docs/DEPLOYMENT.md)',
+            );
+          }
+          return prepareBackup({ dataDir, kms: kmsAccess.kms, ...(recoveryKey ? { recoveryKey } : {}) });
+        }
+        return prepareExport({
+          storage: ctx.storage,
+          kms: kmsAccess.kms,
+          hostname: readConfig(dataDir).hostname,
+          parts: r.parts,
+          ...(recoveryKey ? { recoveryKey } : {}),
+        });
+      });
+    } catch (err) {
+      archiveBusy = false;
+      recoveryKey?.fill(0);
+      await ctx.audit({
+        actor: { kind: 'operator' },
+        action,
+        target: 'archive',
+        outcome: 'failed',
+        detail: { reason: isServerError(err) ? err.code : err instanceof ApiError ? err.code : 'INTERNAL' },
+      });
+      if (isServerError(err, 'BACKUP_UNSUPPORTED')) throw new ApiError('BAD_REQUEST', 409, err.message);
+      throw err;
+    }
+    recoveryKey?.fill(0);
+    const p = prepared;
+    ctx.log(`admin: ${action} ${p.archiveId} started (${p.totalBytes} bytes)`);
+    reply.raw.once('close', () => {
+      archiveBusy = false;
+      p.dispose();
+      const ok = reply.raw.writableFinished;
+      ctx.log(`admin: ${action} ${p.archiveId} ${ok ? 'sent' : 'aborted'}`);
+      void ctx.audit({
+        actor: { kind: 'operator' },
+        action,
+        target: `archive:${p.archiveId}`,
+        outcome: ok ? 'ok' : 'failed',
+        detail: {
+          archiveId: p.archiveId,
+          what: p.what,
+          bytes: p.totalBytes,
+          recoveryKey: recoveryKey !== undefined,
+        },
+      });
+    });
+    reply
+      .header('content-type', 'application/octet-stream')
+      .header('content-length', String(p.totalBytes))
+      .header('x-qalqon-archive-id', p.archiveId);
+    return reply.send(Readable.from(p.chunks(), { objectMode: false }));
   });
 
   await app.listen({ path });
