@@ -3,6 +3,7 @@
  * human-readable table, or with `--json` exactly one JSON object on stdout.
  */
 const BENCHMARKS: Record<string, () => Promise<{ run(argv: readonly string[]): Promise<void> }>> = {
+  files: () => import('./files.js'),
   protocol: () => import('./protocol.js'),
   relay: () => import('./relay.js'),
 };

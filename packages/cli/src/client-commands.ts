@@ -8,7 +8,13 @@
  * `recv` prints message text, the user's own.
  */
 import { createInterface } from 'node:readline';
-import { type ClientOptions, type KeystoreKind, QalqonClient, type ReceivedMessage } from '@qalqon/client';
+import {
+  type ClientOptions,
+  type KeystoreKind,
+  QalqonClient,
+  type ReceivedFile,
+  type ReceivedMessage,
+} from '@qalqon/client';
 import { type CliIo, EXIT_OK, UsageError } from './io.js';
 
 export const CLIENT_USAGE = `  qalqon enroll --server URL --code CODE --profile DIR [--pin sha256/..] [--device-name N] [--keystore os|passphrase] [--json]
@@ -128,14 +134,14 @@ export async function withClient<T>(
 }
 
 function messageJson(m: ReceivedMessage): string {
-  return `${JSON.stringify({ from: m.from, device: m.device, channel: m.channel, conversation: m.conversation, text: m.text, sentAt: m.sentAt, id: m.id })}\n`;
+  return `${JSON.stringify({ from: m.from, device: m.device, channel: m.channel, conversation: m.conversation, text: m.text, sentAt: m.sentAt, id: m.id, ...(m.file ? { file: m.file } : {}) })}\n`;
 }
 
 /**
  * Text as a terminal may show it: control characters (which could move the cursor or
  * rewrite earlier lines) become U+FFFD, and a line break continues on an indented line.
  */
-function terminalSafe(text: string): string {
+export function terminalSafe(text: string): string {
   let out = '';
   for (const ch of text.replace(/\r\n?/g, '\n')) {
     const c = ch.codePointAt(0)!;
@@ -146,9 +152,27 @@ function terminalSafe(text: string): string {
   return out;
 }
 
+/** `1234` → `1.2 KiB`; bytes below 1 KiB as they are. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(v >= 100 ? 0 : 1)} ${units[u]}`;
+}
+
+/** `[file NAME, SIZE, id ID]`: a file as `recv` shows it (fetch it with `qalqon file get ID --out PATH`). */
+export function fileSummary(f: ReceivedFile): string {
+  return `[file ${terminalSafe(f.name)}, ${formatBytes(f.size)}, id ${f.id}${f.thumbnail ? `, thumbnail ${f.thumbnail.id}` : ''}]`;
+}
+
 /** `#channel from: text` for a channel message; `from: text` 1:1; `me → peer: text` for a copy of one's own message. */
 function messageLine(m: ReceivedMessage, self: string): string {
-  const text = terminalSafe(m.text);
+  const text = m.file ? fileSummary(m.file) : terminalSafe(m.text);
   if (m.channel !== null) return `#${m.channel} ${m.from}: ${text}\n`;
   if (m.from === self && m.conversation !== self) return `${m.from} → ${m.conversation}: ${text}\n`;
   return `${m.from}: ${text}\n`;

@@ -20,7 +20,7 @@
  * change is announced; after `verify`, a change blocks sending until verified again).
  */
 import { rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { constantTimeEqual, randomBytes, sha256, xeddsaSign, xeddsaVerify } from '@qalqon/crypto';
 import {
   CiphertextMessageType,
@@ -87,6 +87,9 @@ import {
   EnrolResponse,
   encodeBase64,
   encodeChannelChange,
+  FileId,
+  FileStatus,
+  FileUsageResponse,
   GENESIS_PREV,
   type GrantScopeJson,
   GrantsResponse,
@@ -119,6 +122,19 @@ import {
 import type WebSocket from 'ws';
 import { type CachedChannel, ChannelStore } from './channel-store.js';
 import { ClientError } from './errors.js';
+import { MAX_FILE_PLAINTEXT_BYTES } from './file-crypto.js';
+import {
+  downloadFile,
+  type FileSecret,
+  makeThumbnail,
+  memorySource,
+  openSource,
+  type ProgressListener,
+  readFileRange,
+  sniffMime,
+  THUMBNAIL_MAX_SIDE,
+  uploadFile,
+} from './files.js';
 import {
   createDatabaseKey,
   deleteOsKey,
@@ -198,6 +214,69 @@ const ChannelContent = z.strictObject({
 });
 type ChannelContent = z.output<typeof ChannelContent>;
 
+/** A file's name as a message may carry it: a single path component, at most 255 characters. */
+export const MAX_FILE_NAME_LEN = 255;
+/** The largest thumbnail a message may announce (bytes of the image). */
+export const MAX_THUMBNAIL_BYTES = 1024 * 1024;
+const FileName = z
+  .string()
+  .min(1)
+  .max(MAX_FILE_NAME_LEN)
+  .refine((n) => !/[/\0]/.test(n) && n !== '.' && n !== '..', 'expected a file name without "/"');
+const FileKey = z.string().regex(/^[A-Za-z0-9+/]{43}=$/, 'expected 32 bytes of base64');
+const Sha256Hex = z.string().regex(/^[0-9a-f]{64}$/);
+const MimeType = z.string().regex(/^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$/);
+
+/**
+ * An end-to-end encrypted file as its message announces it: the server's id for the
+ * ciphertext, the key and the plaintext's SHA-256 to open and check it, and what only the
+ * message tells (the name, type and size); optionally a thumbnail, uploaded as a file of its own.
+ */
+const FileRef = z.strictObject({
+  fileId: FileId,
+  key: FileKey,
+  name: FileName,
+  size: z.int().min(0).max(MAX_FILE_PLAINTEXT_BYTES),
+  mime: MimeType,
+  sha256: Sha256Hex,
+  thumbnail: z
+    .strictObject({
+      fileId: FileId,
+      key: FileKey,
+      size: z.int().min(1).max(MAX_THUMBNAIL_BYTES),
+      width: z.int().min(1).max(THUMBNAIL_MAX_SIDE),
+      height: z.int().min(1).max(THUMBNAIL_MAX_SIDE),
+      mime: z.enum(['image/png', 'image/jpeg']),
+      sha256: Sha256Hex,
+    })
+    .optional(),
+});
+type FileRef = z.output<typeof FileRef>;
+
+/** A file sent 1:1: `Content` with `kind: 'file'` and the file instead of text. */
+const FileContent = z.strictObject({
+  v: z.literal(1),
+  kind: z.literal('file'),
+  id: z.string().regex(/^[0-9a-f]{32}$/),
+  sentAt: z.int().min(0),
+  from: UserName,
+  to: UserName,
+  file: FileRef,
+});
+type FileContent = z.output<typeof FileContent>;
+
+/** A file sent to a channel (with the sender key, as `ChannelContent`). */
+const ChannelFileContent = z.strictObject({
+  v: z.literal(1),
+  kind: z.literal('file'),
+  id: z.string().regex(/^[0-9a-f]{32}$/),
+  sentAt: z.int().min(0),
+  from: UserName,
+  channel: ChannelId,
+  file: FileRef,
+});
+type ChannelFileContent = z.output<typeof ChannelFileContent>;
+
 /** The primitives the channel log rules need (@qalqon/wire has no crypto of its own). */
 const LOG_CRYPTO: ChannelLogCrypto = { xeddsaVerify, sha256 };
 /** Sender-key messages and distribution messages of channels use Qalqon's format (AES-256-GCM). */
@@ -223,6 +302,24 @@ export interface ChannelMemberInfo {
   readonly identity: 'self' | 'trusted' | 'mismatch' | 'unknown';
 }
 
+/** A file a message carries, as `recv` shows it (fetch it with `getFile(id, path)`). */
+export interface ReceivedFile {
+  readonly id: string;
+  readonly name: string;
+  /** Plaintext bytes. */
+  readonly size: number;
+  readonly mime: string;
+  /** The plaintext's SHA-256, hex; `getFile` checks it. */
+  readonly sha256: string;
+  readonly thumbnail?: {
+    readonly id: string;
+    readonly width: number;
+    readonly height: number;
+    readonly mime: string;
+    readonly size: number;
+  };
+}
+
 /** A message as `recv` shows it. */
 export interface ReceivedMessage {
   readonly from: string;
@@ -230,9 +327,24 @@ export interface ReceivedMessage {
   readonly channel: string | null;
   /** The 1:1 conversation it belongs to, named by the other user: the sender, or for a copy of this user's own message (from another of their devices), its recipient. */
   readonly conversation: string;
+  /** The text ("" for a file). */
   readonly text: string;
   readonly sentAt: number;
   readonly id: string;
+  /** Set when the message carries a file. */
+  readonly file?: ReceivedFile;
+}
+
+/** What `sendFile` reports. */
+export interface SentFile {
+  /** The message's id. */
+  readonly id: string;
+  readonly sentAt: number;
+  readonly fileId: string;
+  readonly name: string;
+  readonly size: number;
+  readonly mime: string;
+  readonly thumbnail?: { readonly fileId: string; readonly width: number; readonly height: number };
 }
 
 /** An envelope that could not be read: why (a protocol or client code), and from whom. */
@@ -942,6 +1054,14 @@ export class QalqonClient {
     if (typeof text !== 'string' || text.length === 0 || utf8(text).length > MAX_TEXT_BYTES) {
       throw new ClientError('INVALID_ARGUMENT', `"text" expected 1..${MAX_TEXT_BYTES} bytes of text`);
     }
+    return this.#sendPairwiseContent(to, { text });
+  }
+
+  /** `send` of a text or (with `file`) of a file's message: see `send`. */
+  async #sendPairwiseContent(
+    to: string,
+    body: { text: string; file?: FileRef },
+  ): Promise<{ id: string; sentAt: number; devices: number }> {
     await this.maintainPrekeys();
     const peer = await this.#refreshUser(to);
     if (peer.contact.blocked) {
@@ -960,14 +1080,16 @@ export class QalqonClient {
     if (to !== this.userName) {
       targets.push({ contact: self.contact, deviceIds: self.devices.filter((d) => d !== this.deviceId) });
     }
-    const content: Content = {
-      v: 1,
+    const base = {
+      v: 1 as const,
       id: Buffer.from(randomBytes(16)).toString('hex'),
       sentAt: this.#now(),
       from: this.userName,
       to,
-      text,
     };
+    const content: Content | FileContent =
+      body.file === undefined ? { ...base, text: body.text } : { ...base, kind: 'file', file: body.file };
+    const text = body.text;
     const plaintext = utf8(JSON.stringify(content));
     const plans: { contact: Contact; deviceIds: number[]; bundles: Map<number, PreKeyBundle> }[] = [];
     for (const t of targets) plans.push({ ...t, bundles: await this.#bundlesFor(t.contact, t.deviceIds) });
@@ -1016,6 +1138,7 @@ export class QalqonClient {
             content.sentAt,
             content.sentAt,
           );
+        if (body.file !== undefined) this.#storeFileRef(this.userId, content.id, body.file);
         return out;
       })
       .immediate();
@@ -1410,6 +1533,17 @@ export class QalqonClient {
       throw new ClientError('INVALID_ARGUMENT', `"text" expected 1..${MAX_TEXT_BYTES} bytes of text`);
     }
     const channelId = await this.#channelId(channel);
+    return this.#sendChannelContent(channel, channelId, { text });
+  }
+
+  /** `sendChannel` of a text or (with `file`) of a file's message: see `sendChannel`. */
+  async #sendChannelContent(
+    channel: string,
+    channelId: string,
+    body: { text: string; file?: FileRef },
+  ): Promise<{ id: string; sentAt: number; distributionId: string; rotated: boolean; keysSent: number }> {
+    const text = body.text;
+    const file = body.file;
     await this.maintainPrekeys();
     const { state, lastRemoveSeq } = await this.#syncChannel(channelId, channel);
     const me = state.members.get(this.userId);
@@ -1442,14 +1576,15 @@ export class QalqonClient {
         bundles: await this.#bundlesFor(t.contact, need),
       });
     }
-    const content: ChannelContent = {
-      v: 1,
+    const base = {
+      v: 1 as const,
       id: Buffer.from(randomBytes(16)).toString('hex'),
       sentAt: this.#now(),
       from: this.userName,
       channel: channelId,
-      text,
     };
+    const content: ChannelContent | ChannelFileContent =
+      file === undefined ? { ...base, text } : { ...base, kind: 'file', file };
     const now = this.#now();
     const out = this.#db
       .transaction(() => {
@@ -1515,6 +1650,7 @@ export class QalqonClient {
             content.sentAt,
             now,
           );
+        if (file !== undefined) this.#storeFileRef(this.userId, content.id, file);
         const header = channelEnvelopeHeader(channelId);
         const body = new Uint8Array(header.length + g.message.length);
         body.set(header);
@@ -1673,18 +1809,22 @@ export class QalqonClient {
       text: string;
       sent_at: number;
     }[];
-    return rows.map((r) => ({
-      senderUserId: r.sender_user_id,
-      message: {
-        from: r.sender_name,
-        device: r.sender_device,
-        channel: r.channel,
-        conversation: r.peer,
-        text: r.text,
-        sentAt: r.sent_at,
-        id: r.message_id,
-      },
-    }));
+    return rows.map((r) => {
+      const file = this.#fileOfMessage(r.sender_user_id, r.message_id);
+      return {
+        senderUserId: r.sender_user_id,
+        message: {
+          from: r.sender_name,
+          device: r.sender_device,
+          channel: r.channel,
+          conversation: r.peer,
+          text: r.text,
+          sentAt: r.sent_at,
+          id: r.message_id,
+          ...(file ? { file } : {}),
+        },
+      };
+    });
   }
 
   #markDisplayed(senderUserId: string, id: string): void {
@@ -1738,14 +1878,19 @@ export class QalqonClient {
       throw err;
     }
     const json = safeJson(result.plaintext);
-    const isHandover = typeof json === 'object' && json !== null && 'kind' in json;
-    let c: Content | SenderKeyContent;
-    if (isHandover) {
+    const kind = typeof json === 'object' && json !== null && 'kind' in json ? json.kind : undefined;
+    let c: Content | SenderKeyContent | FileContent;
+    if (kind === 'sender-key') {
       const parsed = SenderKeyContent.safeParse(json);
       if (!parsed.success) return fail('INVALID_CONTENT');
       c = parsed.data;
       failureChannel = c.channel;
+    } else if (kind === 'file') {
+      const parsed = FileContent.safeParse(json);
+      if (!parsed.success) return fail('INVALID_CONTENT');
+      c = parsed.data;
     } else {
+      // No kind: text, as every client has sent it from the start.
       const parsed = Content.safeParse(json);
       if (!parsed.success) return fail('INVALID_CONTENT');
       c = parsed.data;
@@ -1788,7 +1933,7 @@ export class QalqonClient {
     // A sender key is taken only from a member the verified log names, with the identity
     // key the log binds for them, from one of their current devices.
     let distribution: Uint8Array | undefined;
-    if ('kind' in c) {
+    if (isHandover(c)) {
       const refused = await this.#checkHandover(f, c, result.remoteIdentityKey);
       if (typeof refused === 'string') return fail(refused);
       distribution = refused;
@@ -1822,7 +1967,7 @@ export class QalqonClient {
         if (used?.preKeyId !== undefined)
           this.#db.prepare('DELETE FROM prekeys WHERE id = ?').run(used.preKeyId);
         this.#db.prepare('INSERT OR IGNORE INTO envelopes_seen (id, at) VALUES (?, ?)').run(f.id, now);
-        if ('kind' in c) {
+        if (isHandover(c)) {
           const skdm = distribution as Uint8Array;
           const { distributionId } = parseSenderKeyDistributionMessage(SENDER_KEY_FORMAT, skdm);
           const existing = this.#channels.senderKey(
@@ -1845,25 +1990,27 @@ export class QalqonClient {
             contact.name,
             f.senderDeviceId,
             f.senderUserId === this.userId ? c.to : c.from,
-            c.text,
+            'text' in c ? c.text : '',
             c.sentAt,
             now,
           ).changes;
+        if (inserted === 1 && 'file' in c) this.#storeFileRef(f.senderUserId, c.id, c.file);
         return inserted === 1 ? 'fresh' : 'repeat';
       })
       .immediate();
     if (typeof outcome === 'object') return fail(outcome.code);
     const fresh = outcome === 'fresh';
-    if (!fresh || 'kind' in c) return {};
+    if (!fresh || isHandover(c)) return {};
     return {
       message: {
         from: contact.name,
         device: f.senderDeviceId,
         channel: null,
         conversation: f.senderUserId === this.userId ? c.to : c.from,
-        text: c.text,
+        text: 'text' in c ? c.text : '',
         sentAt: c.sentAt,
         id: c.id,
+        ...('file' in c ? { file: receivedFile(c.file) } : {}),
       },
     };
   }
@@ -1957,7 +2104,7 @@ export class QalqonClient {
     const member = state.members.get(f.senderUserId);
     if (!member) return fail('CHANNEL_NOT_MEMBER');
     const decrypt = ():
-      | { record: ReturnType<typeof groupDecrypt>['record']; content: ChannelContent }
+      | { record: ReturnType<typeof groupDecrypt>['record']; content: ChannelContent | ChannelFileContent }
       | string => {
       const record = this.#channels.senderKey(channelId, f.senderUserId, f.senderDeviceId, distributionId);
       if (!record) return 'NO_SENDER_KEY';
@@ -1968,7 +2115,9 @@ export class QalqonClient {
         if (isProtocolError(err)) return err.code === 'NO_SESSION' ? 'NO_SENDER_KEY' : err.code;
         throw err;
       }
-      const parsed = ChannelContent.safeParse(safeJson(r.plaintext));
+      const json = safeJson(r.plaintext);
+      const isFile = typeof json === 'object' && json !== null && 'kind' in json && json.kind === 'file';
+      const parsed = (isFile ? ChannelFileContent : ChannelContent).safeParse(json);
       if (!parsed.success) return 'CHANNEL_MESSAGE_INVALID';
       if (parsed.data.channel !== channelId || parsed.data.from !== member.userName)
         return 'CHANNEL_MESSAGE_INVALID';
@@ -1981,7 +2130,11 @@ export class QalqonClient {
     // the message and the envelope id together (a concurrent process may have moved it).
     const outcome = this.#db
       .transaction(
-        (): 'fresh' | 'repeat' | { code: string; content?: undefined } | { content: ChannelContent } => {
+        ():
+          | 'fresh'
+          | 'repeat'
+          | { code: string; content?: undefined }
+          | { content: ChannelContent | ChannelFileContent } => {
           if (this.#db.prepare('SELECT 1 FROM envelopes_seen WHERE id = ?').get(f.id)) return 'repeat';
           const r = decrypt();
           if (typeof r === 'string') return { code: r };
@@ -1998,28 +2151,287 @@ export class QalqonClient {
               f.senderDeviceId,
               state.name,
               state.name,
-              r.content.text,
+              'text' in r.content ? r.content.text : '',
               r.content.sentAt,
               now,
             ).changes;
+          if (inserted === 1 && 'file' in r.content)
+            this.#storeFileRef(f.senderUserId, r.content.id, r.content.file);
           return inserted === 1 ? { content: r.content } : 'repeat';
         },
       )
       .immediate();
     if (outcome === 'repeat' || outcome === 'fresh') return {};
     if ('code' in outcome && outcome.code !== undefined) return fail(outcome.code);
-    const c = (outcome as { content: ChannelContent }).content;
+    const c = (outcome as { content: ChannelContent | ChannelFileContent }).content;
     return {
       message: {
         from: member.userName,
         device: f.senderDeviceId,
         channel: state.name,
         conversation: state.name,
-        text: c.text,
+        text: 'text' in c ? c.text : '',
         sentAt: c.sentAt,
         id: c.id,
+        ...('file' in c ? { file: receivedFile(c.file) } : {}),
       },
     };
+  }
+
+  // --- files ------------------------------------------------------------------------------
+  //
+  // A file is encrypted on this device under a key of its own (file-crypto.ts), uploaded
+  // as ciphertext (files.ts), and announced by an ordinary 1:1 or channel message whose
+  // content (`kind: 'file'`) carries the file's id, key, name, type, size and SHA-256: the
+  // server learns none of them but the ciphertext's size. The keys of files that arrived
+  // (and of this device's own) are kept in the `files` table, committed with their message.
+
+  /** Inside a transaction: records the file (and its thumbnail) a message carried. */
+  #storeFileRef(senderUserId: string, messageId: string, f: FileRef): void {
+    const ins = this.#db.prepare(
+      'INSERT OR IGNORE INTO files (file_id, sender_user_id, message_id, key, size, sha256, name, mime, thumbnail_of, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    );
+    const key = (b64: string) => Buffer.from(decodeBase64(b64) ?? new Uint8Array());
+    ins.run(
+      f.fileId,
+      senderUserId,
+      messageId,
+      key(f.key),
+      f.size,
+      Buffer.from(f.sha256, 'hex'),
+      f.name,
+      f.mime,
+      null,
+      null,
+      null,
+    );
+    const t = f.thumbnail;
+    if (t) {
+      ins.run(
+        t.fileId,
+        senderUserId,
+        messageId,
+        key(t.key),
+        t.size,
+        Buffer.from(t.sha256, 'hex'),
+        `${f.name} (thumbnail)`,
+        t.mime,
+        f.fileId,
+        t.width,
+        t.height,
+      );
+    }
+  }
+
+  #fileOfMessage(senderUserId: string, messageId: string): ReceivedFile | undefined {
+    const rows = this.#db
+      .prepare('SELECT * FROM files WHERE sender_user_id = ? AND message_id = ?')
+      .all(senderUserId, messageId) as FileRow[];
+    const main = rows.find((r) => r.thumbnail_of === null);
+    if (!main) return undefined;
+    const t = rows.find((r) => r.thumbnail_of === main.file_id);
+    return {
+      id: main.file_id,
+      name: main.name,
+      size: main.size,
+      mime: main.mime,
+      sha256: Buffer.from(main.sha256).toString('hex'),
+      ...(t
+        ? {
+            thumbnail: {
+              id: t.file_id,
+              width: t.width ?? 0,
+              height: t.height ?? 0,
+              mime: t.mime,
+              size: t.size,
+            },
+          }
+        : {}),
+    };
+  }
+
+  /** The key and checks of a file that arrived in (or was sent with) a message; FILE_UNKNOWN otherwise. */
+  #fileSecret(fileId: string): { secret: FileSecret; row: FileRow } {
+    if (!FileId.safeParse(fileId).success) {
+      throw new ClientError('INVALID_ARGUMENT', '"fileId" expected 32 lower-case hex digits');
+    }
+    const row = this.#db.prepare('SELECT * FROM files WHERE file_id = ?').get(fileId) as FileRow | undefined;
+    if (!row) {
+      throw new ClientError(
+        'FILE_UNKNOWN',
+        `no message in this profile carries a file with the id ${fileId}`,
+      );
+    }
+    return {
+      row,
+      secret: {
+        id: row.file_id,
+        key: new Uint8Array(row.key),
+        size: row.size,
+        sha256: new Uint8Array(row.sha256),
+      },
+    };
+  }
+
+  /**
+   * Sends the file at `path` to a user (`{to}`: readable by them and by this user's
+   * devices) or to a channel (`{channel}`: readable by its members at download time):
+   * encrypts and uploads it (and, for a PNG or JPEG, a thumbnail of at most 256 px), then
+   * sends a message carrying its key, name, type, size and SHA-256 by the usual 1:1 or
+   * channel path. The name and type are never sent to the server in the clear.
+   */
+  async sendFile(
+    target: { to: string } | { channel: string },
+    path: string,
+    options: {
+      onProgress?: ProgressListener | undefined;
+      /** Shown to recipients instead of the path's last component. */
+      name?: string | undefined;
+      /** The type; by default sniffed from the first bytes. */
+      mime?: string | undefined;
+    } = {},
+  ): Promise<SentFile> {
+    const toUser = 'to' in target ? target.to : undefined;
+    const channel = 'channel' in target ? target.channel : undefined;
+    if ((toUser === undefined) === (channel === undefined)) {
+      throw new ClientError('INVALID_ARGUMENT', '"target" expected exactly one of to and channel');
+    }
+    if (typeof path !== 'string' || path === '')
+      throw new ClientError('INVALID_ARGUMENT', '"path" expected a file path');
+    const name = options.name ?? basename(path);
+    if (!FileName.safeParse(name).success) {
+      throw new ClientError(
+        'INVALID_ARGUMENT',
+        `"name" expected 1..${MAX_FILE_NAME_LEN} characters without "/"`,
+      );
+    }
+    if (options.mime !== undefined && !MimeType.safeParse(options.mime).success) {
+      throw new ClientError('INVALID_ARGUMENT', '"mime" expected a media type like text/plain');
+    }
+    await this.#signIn();
+    // Who may read it, and the checks the message will need, before anything is uploaded.
+    let readers: { to: string[] } | { channel: string };
+    let channelId: string | undefined;
+    if (toUser !== undefined) {
+      checkUserName(toUser, 'to');
+      const peer = await this.#refreshUser(toUser);
+      if (peer.contact.blocked) {
+        throw new ClientError(
+          'IDENTITY_CHANGED',
+          `${toUser}'s identity key changed after you verified it; compare the new safety number and run "qalqon verify" before sending`,
+        );
+      }
+      readers = { to: toUser === this.userName ? [toUser] : [toUser, this.userName] };
+    } else {
+      channelId = await this.#channelId(channel!);
+      readers = { channel: channelId };
+    }
+    const src = await openSource(path);
+    try {
+      const mime = options.mime ?? sniffMime(src.head);
+      const thumb = await makeThumbnail(src, mime);
+      let thumbnail: FileRef['thumbnail'];
+      if (thumb) {
+        const t = await uploadFile(
+          this.#conn,
+          memorySource(thumb.bytes),
+          readers,
+          'thumbnail',
+          options.onProgress,
+        );
+        thumbnail = {
+          fileId: t.id,
+          key: encodeBase64(t.key),
+          size: t.size,
+          width: thumb.width,
+          height: thumb.height,
+          mime: thumb.mime,
+          sha256: Buffer.from(t.sha256).toString('hex'),
+        };
+        t.key.fill(0);
+      }
+      const up = await uploadFile(this.#conn, src, readers, 'upload', options.onProgress);
+      const file: FileRef = {
+        fileId: up.id,
+        key: encodeBase64(up.key),
+        name,
+        size: up.size,
+        mime,
+        sha256: Buffer.from(up.sha256).toString('hex'),
+        ...(thumbnail ? { thumbnail } : {}),
+      };
+      up.key.fill(0);
+      const sent =
+        toUser !== undefined
+          ? await this.#sendPairwiseContent(toUser, { text: '', file })
+          : await this.#sendChannelContent(channel!, channelId!, { text: '', file });
+      return {
+        id: sent.id,
+        sentAt: sent.sentAt,
+        fileId: up.id,
+        name,
+        size: up.size,
+        mime,
+        ...(thumbnail
+          ? { thumbnail: { fileId: thumbnail.fileId, width: thumbnail.width, height: thumbnail.height } }
+          : {}),
+      };
+    } finally {
+      await src.close();
+    }
+  }
+
+  /**
+   * Downloads the file `fileId` (a file or a thumbnail some message carried) into
+   * `outPath`, which must not exist: decrypted and verified as it arrives, resumed after a
+   * broken connection, and renamed into place only once the whole file verifies.
+   */
+  async getFile(
+    fileId: string,
+    outPath: string,
+    options: { onProgress?: ProgressListener | undefined } = {},
+  ): Promise<{ id: string; name: string; size: number; mime: string; sha256: string; path: string }> {
+    const { secret, row } = this.#fileSecret(fileId);
+    try {
+      await this.#signIn();
+      await downloadFile(this.#conn, secret, outPath, options.onProgress);
+    } finally {
+      secret.key.fill(0);
+    }
+    return {
+      id: row.file_id,
+      name: row.name,
+      size: row.size,
+      mime: row.mime,
+      sha256: Buffer.from(row.sha256).toString('hex'),
+      path: outPath,
+    };
+  }
+
+  /** Bytes [offset, offset + length) of the file `fileId`, fetching and verifying only the segments that hold them. */
+  async readFile(fileId: string, offset: number, length: number): Promise<Uint8Array> {
+    const { secret } = this.#fileSecret(fileId);
+    try {
+      await this.#signIn();
+      return await readFileRange(this.#conn, secret, offset, length);
+    } finally {
+      secret.key.fill(0);
+    }
+  }
+
+  /** This user's storage on the server: bytes used by their files, their quota, the largest file accepted. */
+  async fileUsage(): Promise<z.output<typeof FileUsageResponse>> {
+    await this.#signIn();
+    return this.#conn.request('GET', '/v1/files', FileUsageResponse);
+  }
+
+  /** The server's view of a file: its ciphertext size and how much of it has arrived. */
+  async fileStatus(fileId: string): Promise<z.output<typeof FileStatus>> {
+    if (!FileId.safeParse(fileId).success) {
+      throw new ClientError('INVALID_ARGUMENT', '"fileId" expected 32 lower-case hex digits');
+    }
+    await this.#signIn();
+    return this.#conn.request('GET', `/v1/files/${fileId}`, FileStatus);
   }
 
   // --- devices ----------------------------------------------------------------------------
@@ -2271,12 +2683,51 @@ export class QalqonClient {
   }
 }
 
+interface FileRow {
+  file_id: string;
+  sender_user_id: string;
+  message_id: string;
+  key: Uint8Array;
+  size: number;
+  sha256: Uint8Array;
+  name: string;
+  mime: string;
+  thumbnail_of: string | null;
+  width: number | null;
+  height: number | null;
+}
+
 const HandoverSecret = z.strictObject({
   v: z.literal(1),
   userId: z.string(),
   userName: z.string(),
   identity: z.string(),
 });
+
+function isHandover(c: Content | SenderKeyContent | FileContent): c is SenderKeyContent {
+  return 'kind' in c && c.kind === 'sender-key';
+}
+
+function receivedFile(f: FileRef): ReceivedFile {
+  return {
+    id: f.fileId,
+    name: f.name,
+    size: f.size,
+    mime: f.mime,
+    sha256: f.sha256,
+    ...(f.thumbnail
+      ? {
+          thumbnail: {
+            id: f.thumbnail.fileId,
+            width: f.thumbnail.width,
+            height: f.thumbnail.height,
+            mime: f.thumbnail.mime,
+            size: f.thumbnail.size,
+          },
+        }
+      : {}),
+  };
+}
 
 function safeJson(bytes: Uint8Array): unknown {
   try {

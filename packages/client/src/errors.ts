@@ -47,7 +47,13 @@ export type ClientErrorCode =
   /** Receive failure: no sender key for a channel message (never handed to this device: sent before you joined or after you left). */
   | 'NO_SENDER_KEY'
   /** Receive failure: a channel message or sender-key handover is malformed, or names another channel or sender than its envelope. */
-  | 'CHANNEL_MESSAGE_INVALID';
+  | 'CHANNEL_MESSAGE_INVALID'
+  /** No file of that id is in this profile's messages (the key to it arrived in none). */
+  | 'FILE_UNKNOWN'
+  /** A downloaded file does not decrypt or verify (altered, truncated or mixed up by the server); nothing was written. */
+  | 'FILE_INVALID'
+  /** The file being sent changed (size or modification time) while it was read; the upload was abandoned. */
+  | 'FILE_CHANGED';
 
 export class ClientError extends Error {
   readonly code: ClientErrorCode;

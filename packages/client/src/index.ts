@@ -7,6 +7,12 @@
 export * from './client.js';
 export * from './errors.js';
 export {
+  ciphertextSize,
+  FILE_SEGMENT_BYTES,
+  MAX_FILE_PLAINTEXT_BYTES,
+} from './file-crypto.js';
+export { type FileProgress, type ProgressListener, sniffMime } from './files.js';
+export {
   createDatabaseKey,
   KEYRING_SERVICE,
   type KeystoreAccess,

@@ -1,6 +1,6 @@
 /**
  * The profile database's schema upgrade, on real SQLCipher files: a version-1 profile (the
- * 1:1 client) opened by this code becomes version 2 (channels) with every row kept; an
+ * 1:1 client) opened by this code becomes version 3 (channels, files) with every row kept; an
  * upgrade that fails leaves the file as it was; a version newer than this code is refused.
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -57,16 +57,16 @@ function tables(db: Database.Database): string[] {
 }
 
 describe('profile database schema', () => {
-  it('is at version 2 with the channel tables', () => {
-    expect(SCHEMA_VERSION).toBe(2);
+  it('is at version 3 with the channel and file tables', () => {
+    expect(SCHEMA_VERSION).toBe(3);
     expect(SCHEMA_STEPS[0]).toBe(SCHEMA_V1);
   });
 
-  it('upgrades a version-1 profile to version 2, keeping every row', () => {
+  it('upgrades a version-1 profile to version 3, keeping every row', () => {
     writeVersion1();
     const db = openDatabase(dir, key, false);
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
       expect(tables(db)).toEqual(
         expect.arrayContaining([
           'meta',
@@ -79,6 +79,7 @@ describe('profile database schema', () => {
           'channel_own_keys',
           'channel_key_holders',
           'channel_sender_keys',
+          'files',
         ]),
       );
       expect(db.prepare('SELECT value FROM meta WHERE key = ?').get('user_name')).toEqual({ value: 'alice' });
@@ -103,7 +104,7 @@ describe('profile database schema', () => {
     // Opening again is a no-op: same version, same rows.
     const again = openDatabase(dir, key, false);
     try {
-      expect(again.pragma('user_version', { simple: true })).toBe(2);
+      expect(again.pragma('user_version', { simple: true })).toBe(3);
       expect(again.prepare('SELECT count(*) AS n FROM channels').get()).toEqual({ n: 1 });
       expect(again.prepare('SELECT count(*) AS n FROM messages').get()).toEqual({ n: 1 });
     } finally {
@@ -115,10 +116,10 @@ describe('profile database schema', () => {
     expect(bytes.includes(Buffer.from('hello from version 1'))).toBe(false);
   });
 
-  it('creates a new profile at version 2 directly', () => {
+  it('creates a new profile at version 3 directly', () => {
     const db = openDatabase(dir, key, true);
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(2);
+      expect(db.pragma('user_version', { simple: true })).toBe(3);
       expect(tables(db)).toEqual(expect.arrayContaining(['messages', 'channels', 'channel_sender_keys']));
     } finally {
       db.close();
@@ -149,7 +150,7 @@ describe('profile database schema', () => {
   it('refuses a profile of a newer version, without changing it', () => {
     writeVersion1();
     const raw = rawOpen();
-    raw.pragma('user_version=3');
+    raw.pragma('user_version=4');
     raw.close();
     let err: unknown;
     try {
@@ -158,10 +159,10 @@ describe('profile database schema', () => {
       err = e;
     }
     expect(isClientError(err, 'PROFILE_CORRUPT')).toBe(true);
-    expect((err as Error).message).toContain('3');
+    expect((err as Error).message).toContain('4');
     const db = rawOpen();
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(3);
+      expect(db.pragma('user_version', { simple: true })).toBe(4);
       expect(tables(db)).not.toContain('channels');
     } finally {
       db.close();

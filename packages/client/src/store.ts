@@ -5,7 +5,7 @@
  *   keystore holds the database key, and in passphrase mode the sealed key;
  * - `client.db` (0600): an SQLCipher database (SQLite3MultipleCiphers' `sqlcipher` scheme,
  *   SQLCipher 4 defaults: AES-256-CBC pages with HMAC-SHA512) keyed with a raw 256-bit key:
- *   identity, prekeys, sessions, contacts and history.
+ *   identity, prekeys, sessions, contacts, history and the keys of received files.
  *
  * Every write that belongs together (a session record and the message it decrypted, say)
  * goes in one transaction, so a crash leaves either both or neither.
@@ -146,11 +146,24 @@ CREATE TABLE channel_sender_keys (
 `;
 
 /**
+ * Version 3: files. The keys of end-to-end encrypted files (and their thumbnails) that
+ * arrived in messages, with what the message says of each, so `getFile` can fetch and
+ * check one by its id. A thumbnail's row names the file it belongs to in `thumbnail_of`.
+ */
+const SCHEMA_V3 = `
+CREATE TABLE files (
+  file_id TEXT PRIMARY KEY, sender_user_id TEXT NOT NULL, message_id TEXT NOT NULL,
+  key BLOB NOT NULL, size INTEGER NOT NULL, sha256 BLOB NOT NULL, name TEXT NOT NULL, mime TEXT NOT NULL,
+  thumbnail_of TEXT, width INTEGER, height INTEGER) STRICT;
+CREATE INDEX files_by_message ON files (sender_user_id, message_id);
+`;
+
+/**
  * The schema as a list of steps: step i takes a database from version i to version i + 1.
  * A new profile runs them all; an existing one the steps it has not had yet, all in one
  * transaction, so an upgrade either completes or leaves the profile as it was.
  */
-export const SCHEMA_STEPS: readonly string[] = [SCHEMA_V1, SCHEMA_V2];
+export const SCHEMA_STEPS: readonly string[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 export const SCHEMA_VERSION = SCHEMA_STEPS.length;
 
 export type ClientDatabase = Database.Database;

@@ -14,6 +14,7 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { type IncomingMessage, request } from 'node:http';
 import { isIP } from 'node:net';
+import type { Readable } from 'node:stream';
 import { connect, type TLSSocket } from 'node:tls';
 import { ErrorResponse, MAX_FRAME_BYTES, WireError, type WireErrorCode, type z } from '@qalqon/wire';
 import WebSocket from 'ws';
@@ -139,6 +140,27 @@ export function connectPinned(server: ServerAddress, pins: PinStore): Promise<TL
   });
 }
 
+/** Reads an answer's body as text, at most MAX_RESPONSE_BYTES. */
+function readBounded(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    res.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_RESPONSE_BYTES) {
+        res.destroy();
+        reject(new ClientError('SERVER_PROTOCOL', `the server's answer exceeds ${MAX_RESPONSE_BYTES} bytes`));
+        return;
+      }
+      chunks.push(c);
+    });
+    res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    res.on('error', () =>
+      reject(new ClientError('SERVER_UNREACHABLE', 'the connection broke off during the answer')),
+    );
+  });
+}
+
 function wireErrorFrom(status: number, text: string): WireError {
   let json: unknown;
   try {
@@ -228,6 +250,145 @@ export class ServerConnection {
       });
       req.end(payload);
     });
+    if (status < 200 || status >= 300) throw wireErrorFrom(status, text);
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      throw new ClientError('SERVER_PROTOCOL', `the server's answer to ${method} ${path} is not JSON`);
+    }
+    const parsed = schema.safeParse(json);
+    if (!parsed.success) {
+      throw new ClientError(
+        'SERVER_PROTOCOL',
+        `the server's answer to ${method} ${path} is off the wire contract`,
+      );
+    }
+    return parsed.data as z.output<S>;
+  }
+
+  #headers(): Record<string, string> {
+    const headers: Record<string, string> = { host: new URL(this.server.url).host, connection: 'close' };
+    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
+    return headers;
+  }
+
+  /**
+   * `PUT path` with a streamed raw body of exactly `length` bytes (a file's ciphertext, sent
+   * as `body` produces it, with backpressure) and the extra `headers` (Content-Range). The
+   * answer is parsed as `request` parses it. An error raised by `body` itself (a
+   * ClientError) ends the request and is what this rejects with; a broken connection is
+   * SERVER_UNREACHABLE, after which the caller may ask the server how much arrived.
+   */
+  async upload<S extends z.ZodType>(
+    path: string,
+    schema: S,
+    length: number,
+    headers: Record<string, string>,
+    body: Readable,
+  ): Promise<z.output<S>> {
+    const socket = await connectPinned(this.server, this.pins);
+    const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      let settled = false;
+      const fail = (err: unknown) => {
+        if (settled) return;
+        settled = true;
+        body.destroy();
+        req.destroy();
+        reject(
+          err instanceof ClientError
+            ? err
+            : new ClientError('SERVER_UNREACHABLE', `the connection to ${this.server.url} broke off`),
+        );
+      };
+      const req = request({
+        method: 'PUT',
+        path,
+        headers: {
+          ...this.#headers(),
+          ...headers,
+          'content-type': 'application/octet-stream',
+          'content-length': String(length),
+        },
+        createConnection: () => socket,
+        timeout: REQUEST_TIMEOUT_MS,
+      });
+      req.on('timeout', () =>
+        fail(new ClientError('SERVER_UNREACHABLE', `${this.server.url} stopped taking the upload`)),
+      );
+      req.on('error', fail);
+      body.on('error', fail);
+      req.on('response', (res: IncomingMessage) => {
+        // The server may answer before it has read everything (a refusal): stop sending.
+        body.unpipe(req);
+        body.destroy();
+        readBounded(res).then((t) => {
+          if (settled) return;
+          settled = true;
+          resolve({ status: res.statusCode ?? 0, text: t });
+        }, fail);
+      });
+      body.pipe(req);
+    });
+    return this.#parse('PUT', path, schema, status, text);
+  }
+
+  /**
+   * `GET path` whose answer is streamed: optionally `Range: bytes=start-end` (inclusive).
+   * A non-2xx answer becomes the server's WireError; otherwise the caller reads `body` and
+   * must call `close` when it stops early. A body that breaks off errors while being read.
+   */
+  async download(
+    path: string,
+    range?: { start: number; end: number },
+  ): Promise<{
+    status: number;
+    contentLength: number | undefined;
+    contentRange: string | undefined;
+    body: AsyncIterable<Buffer>;
+    close: () => void;
+  }> {
+    const socket = await connectPinned(this.server, this.pins);
+    const headers = this.#headers();
+    if (range !== undefined) headers.range = `bytes=${range.start}-${range.end}`;
+    return new Promise((resolve, reject) => {
+      const req = request({
+        method: 'GET',
+        path,
+        headers,
+        createConnection: () => socket,
+        timeout: REQUEST_TIMEOUT_MS,
+      });
+      req.on('timeout', () =>
+        req.destroy(new ClientError('SERVER_UNREACHABLE', `${this.server.url} stopped sending`)),
+      );
+      req.on('error', (err) =>
+        reject(
+          err instanceof ClientError
+            ? err
+            : new ClientError('SERVER_UNREACHABLE', `the connection to ${this.server.url} failed`),
+        ),
+      );
+      req.on('response', (res: IncomingMessage) => {
+        const status = res.statusCode ?? 0;
+        if (status < 200 || status >= 300) {
+          readBounded(res).then((t) => reject(wireErrorFrom(status, t)), reject);
+          return;
+        }
+        const len = res.headers['content-length'];
+        resolve({
+          status,
+          contentLength: len !== undefined && /^[0-9]{1,16}$/.test(len) ? Number(len) : undefined,
+          contentRange: res.headers['content-range'],
+          body: res,
+          close: () => req.destroy(),
+        });
+      });
+      req.end();
+    });
+  }
+
+  #parse<S extends z.ZodType>(method: string, path: string, schema: S, status: number, text: string) {
     if (status < 200 || status >= 300) throw wireErrorFrom(status, text);
     let json: unknown;
     try {
