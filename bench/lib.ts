@@ -64,13 +64,20 @@ export function formatRate(x: number): string {
   return x >= 100 ? Math.round(x).toLocaleString('en-US') : x.toFixed(1);
 }
 
-/** Parses `--json` and `--name value` / `--name=value` flags after the benchmark name. */
-export function parseFlags(argv: readonly string[]): { json: boolean; values: Map<string, string> } {
+/**
+ * Parses `--json` and `--name value` / `--name=value` flags after the benchmark name. Flags
+ * named in `booleans` take no value: `--name` alone sets them to `'true'`.
+ */
+export function parseFlags(
+  argv: readonly string[],
+  booleans: readonly string[] = [],
+): { json: boolean; values: Map<string, string> } {
   const values = new Map<string, string>();
   let json = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === '--json') json = true;
+    else if (a.startsWith('--') && booleans.includes(a.slice(2))) values.set(a.slice(2), 'true');
     else if (a.startsWith('--')) {
       const eq = a.indexOf('=');
       if (eq > 0) values.set(a.slice(2, eq), a.slice(eq + 1));

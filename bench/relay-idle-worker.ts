@@ -12,6 +12,8 @@ if (!dataDir || !listening || !countArg || !prefix || !process.send) {
   process.stderr.write('usage: relay-idle-worker DATA_DIR LISTEN_URL COUNT PREFIX (with an IPC channel)\n');
   process.exit(2);
 }
+// A parent that goes away without killing this process (an interrupted benchmark) ends it too.
+process.on('disconnect', () => process.exit(0));
 const server = serverFromDataDir(dataDir, listening);
 const keys = makeSharedKeys();
 const held: unknown[] = [];

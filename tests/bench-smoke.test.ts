@@ -41,6 +41,21 @@ describe('benchmarks run and print their JSON fields', () => {
     }
   }, 120_000);
 
+  it('files', async () => {
+    const r = await bench(['files', '--mib', '4']);
+    for (const f of [
+      'uploadMBps',
+      'downloadMBps',
+      'rangeReadMs',
+      'aesGcmMBps',
+      'uploadRatio',
+      'downloadRatio',
+    ]) {
+      expect(typeof r[f] === 'number' && Number.isFinite(r[f]) && (r[f] as number) > 0, f).toBe(true);
+    }
+    expect(r.fileMiB).toBe(4);
+  }, 120_000);
+
   it('relay', async () => {
     const r = await bench(['relay', '--devices', '4', '--seconds', '0.5', '--rate', '200', '--idle', '10']);
     for (const f of ['throughput', 'p50Ms', 'p99Ms', 'offeredRate', 'idleConnections', 'idleRssMiB']) {
@@ -48,5 +63,34 @@ describe('benchmarks run and print their JSON fields', () => {
     }
     expect(r.idleConnections).toBe(10);
     expect(r.throughput as number).toBeGreaterThan(0);
+  }, 120_000);
+
+  // Two real server processes on a fresh PostgreSQL database and NATS (both must run), then
+  // the one-node PostgreSQL and embedded references: every delivered message crossed nodes.
+  it('relay --nodes 2', async () => {
+    const r = await bench(['relay', '--nodes', '2', '--quick']);
+    const reference = r.reference as Record<string, Record<string, unknown>>;
+    const fields = ['throughput', 'p50Ms', 'p99Ms', 'offeredRate', 'idleConnections', 'idleRssMiB'];
+    for (const [name, figures] of [
+      ['2 nodes', r],
+      ['single', reference.single!],
+      ['embedded', reference.embedded!],
+      ['ratio', reference.ratio!],
+    ] as const) {
+      for (const f of name === 'ratio' ? ['throughput', 'p50Ms', 'p99Ms', 'idleRssMiB'] : fields) {
+        const v = figures[f];
+        expect(typeof v === 'number' && Number.isFinite(v) && v > 0, `${name}.${f}`).toBe(true);
+      }
+    }
+    expect([r.nodes, r.database, r.routing]).toEqual([2, 'postgres', 'cross-node']);
+    expect([reference.single!.nodes, reference.single!.database]).toEqual([1, 'postgres']);
+    expect([reference.embedded!.nodes, reference.embedded!.database]).toEqual([1, 'embedded']);
+    // The idle connections were spread over both nodes, whose memory both counts.
+    expect(r.idleConnections).toBe(10);
+    expect((r.idleRssMiBPerNode as number[]).filter((x) => x > 0)).toHaveLength(2);
+    expect(reference.ratio!.throughput).toBeCloseTo(
+      (r.throughput as number) / (reference.single!.throughput as number),
+      6,
+    );
   }, 120_000);
 });

@@ -20,7 +20,9 @@ import {
 } from '@qalqon/server';
 import { isWireError } from '@qalqon/wire';
 import { ADMIN_USAGE, adminCommand } from './admin-commands.js';
+import { BACKUP_COMMANDS, BACKUP_ONLY_OPTIONS, BACKUP_USAGE, backupCommand } from './backup-commands.js';
 import { CLIENT_COMMANDS, CLIENT_USAGE, clientCommand } from './client-commands.js';
+import { FILE_USAGE, fileCommand } from './file-commands.js';
 import { type CliIo, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, RefusedError, UsageError } from './io.js';
 
 export const USAGE = `usage:
@@ -28,9 +30,10 @@ export const USAGE = `usage:
   qalqon server init  --data DIR --kms pkcs11 --pkcs11-module PATH --pkcs11-token LABEL
                       (--pkcs11-pin-env VAR | --pkcs11-pin-file FILE) [other init options] [--json]
   qalqon server init  --data DIR (--database-url-env VAR | --database-url URL_WITHOUT_PASSWORD)
-                      [--database-ssl] [other init options] [--json]
+                      [--database-ssl] [--pubsub-url-env VAR | --pubsub-url URL_WITHOUT_CREDENTIALS]
+                      [other init options] [--json]
   qalqon server start --data DIR [--listen HOST:PORT] [--hostname NAME] [--json]
-${ADMIN_USAGE}${CLIENT_USAGE}`;
+${ADMIN_USAGE}${BACKUP_USAGE}${CLIENT_USAGE}${FILE_USAGE}`;
 
 const OPTIONS = {
   data: { type: 'string' },
@@ -48,6 +51,9 @@ const OPTIONS = {
   'database-url-env': { type: 'string' },
   'database-url': { type: 'string' },
   'database-ssl': { type: 'boolean' },
+  // The NATS event bus joining several nodes (PostgreSQL only); credentials only through the variable.
+  'pubsub-url-env': { type: 'string' },
+  'pubsub-url': { type: 'string' },
   role: { type: 'string', multiple: true },
   unit: { type: 'string' },
   permission: { type: 'string', multiple: true },
@@ -63,6 +69,13 @@ const OPTIONS = {
   to: { type: 'string' },
   channel: { type: 'string' },
   wait: { type: 'string' },
+  out: { type: 'string' },
+  // Backups and exports (backup-commands.ts). A recovery key only from a variable or a file.
+  in: { type: 'string' },
+  'recovery-key': { type: 'boolean' },
+  'recovery-key-env': { type: 'string' },
+  'recovery-key-file': { type: 'string' },
+  'kms-key-file': { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -81,6 +94,8 @@ type Values = {
   'database-url-env'?: string;
   'database-url'?: string;
   'database-ssl'?: boolean;
+  'pubsub-url-env'?: string;
+  'pubsub-url'?: string;
   role?: string[];
   unit?: string;
   permission?: string[];
@@ -96,6 +111,12 @@ type Values = {
   to?: string;
   channel?: string;
   wait?: string;
+  out?: string;
+  in?: string;
+  'recovery-key'?: boolean;
+  'recovery-key-env'?: string;
+  'recovery-key-file'?: string;
+  'kms-key-file'?: string;
   json?: boolean;
   help?: boolean;
 };
@@ -161,7 +182,24 @@ function kmsChoice(values: Values): NonNullable<InitOptions['kms']> {
   };
 }
 
-const DATABASE_OPTIONS = ['database-url-env', 'database-url', 'database-ssl'] as const;
+const DATABASE_OPTIONS = [
+  'database-url-env',
+  'database-url',
+  'database-ssl',
+  'pubsub-url-env',
+  'pubsub-url',
+] as const;
+
+/** The event bus `server init` records (checked by the server: NATS needs PostgreSQL, no credentials in a URL). */
+function pubsubChoice(values: Values): InitOptions['pubsub'] {
+  const env = values['pubsub-url-env'];
+  const url = values['pubsub-url'];
+  if (env === undefined && url === undefined) return undefined;
+  if (env !== undefined && url !== undefined) {
+    throw new UsageError('give one of --pubsub-url-env VAR and --pubsub-url URL');
+  }
+  return env !== undefined ? { provider: 'nats', urlEnv: env } : { provider: 'nats', url: url! };
+}
 
 /** The database `server init` sets up: embedded unless a PostgreSQL URL (or its variable) is given. */
 function databaseChoice(values: Values): NonNullable<InitOptions['database']> {
@@ -229,10 +267,12 @@ async function serverCommand(io: CliIo, values: Values, rest: string[], hooks: R
     }
     const kms = kmsChoice(values);
     const database = databaseChoice(values);
+    const pubsub = pubsubChoice(values);
     const r = await initDataDir({
       dataDir: need(values, 'data'),
       kms,
       database,
+      ...(pubsub === undefined ? {} : { pubsub }),
       ...(values.hostname === undefined ? {} : { hostname: values.hostname }),
       ...(values.listen === undefined ? {} : { listen: values.listen }),
       ...(values['tls-cert'] === undefined ? {} : { tlsCertFile: values['tls-cert'] }),
@@ -306,7 +346,14 @@ export async function run(argv: readonly string[], io: CliIo, hooks: RunHooks = 
     }
     const [command, ...rest] = positionals;
     if (command === 'server') return await serverCommand(io, values, rest, hooks);
+    if (command === 'admin' && BACKUP_COMMANDS.has(rest[0] ?? '')) {
+      return await backupCommand(io, values, rest, () => kmsChoice(values));
+    }
+    const backupOnly = BACKUP_ONLY_OPTIONS.find((o) => values[o] !== undefined);
+    if (backupOnly)
+      throw new UsageError(`--${backupOnly} applies to "admin backup|export|restore|export-read" only`);
     if (command === 'admin') return await adminCommand(io, values, rest);
+    if (command === 'file') return await fileCommand(io, values, rest);
     if (command !== undefined && CLIENT_COMMANDS.has(command))
       return await clientCommand(io, command, values, rest);
     throw new UsageError(command === undefined ? 'no command given' : `unknown command "${command}"`);

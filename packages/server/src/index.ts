@@ -3,6 +3,7 @@
  * The server handles ciphertext envelopes and public keys only; it never imports the
  * protocol package and has no code that could decrypt a message.
  */
+export * from './backup/index.js';
 export * from './errors.js';
 export * from './kms/dek-registry.js';
 export * from './kms/kms.js';
@@ -30,6 +31,7 @@ export {
   type InitResult,
   initDataDir,
   isInitialised,
+  type Pkcs11KmsSetting,
   parseListen,
   readConfig,
   type ServerConfig,

@@ -13,6 +13,11 @@ export const EVERY_EVENT: readonly BusEvent[] = [
   { type: 'authz-changed' },
   { type: 'channel-changed', channelId: C1, seq: 17 },
   { type: 'resync' },
+  { type: 'device-connected', userId: U1, deviceId: 4, connectionId: C1 },
+  { type: 'device-disconnected', userId: U1, deviceId: 4, connectionId: C1 },
+  { type: 'presence', every: 5000, devices: [`${U1}/4/${C1}`, `${U1}/12/${C1}`] },
+  { type: 'presence', every: 100, devices: [] },
+  { type: 'challenge-used', challenge: C1 + C1 },
 ];
 
 /** Polls `cond` every 10 ms; throws with `what` after `timeoutMs`. */

@@ -17,8 +17,14 @@
  * (the service acts on its own events directly, as it did before there was a bus), and an
  * echo of its own node id that does arrive is dropped and counted.
  *
- * Messages are tiny and hold ids only (never content, keys or tokens):
- * `{"v":1,"from":<node id>,"event":{"type":...}}`, at most MAX_BUS_MESSAGE_BYTES. Whatever
+ * Messages hold ids only (never content, keys or tokens):
+ * `{"v":1,"from":<node id>,"event":{"type":...}}`, at most MAX_BUS_MESSAGE_BYTES (a few
+ * hundred bytes, except a `presence` heartbeat listing up to MAX_PRESENCE_ENTRIES connections).
+ *
+ * Besides the storage hints, the service (service/cluster.ts) uses four events of its own:
+ * `device-connected` / `device-disconnected` (one live connection per device across nodes,
+ * and presence), `presence` (a node's heartbeat of its connected devices) and
+ * `challenge-used` (narrows the replay window of a stateless sign-in challenge). Whatever
  * arrives is checked (size, UTF-8, JSON, schema, subject) before any handler sees it; a
  * message that fails is dropped and counted, and the bus keeps working.
  */
@@ -26,8 +32,18 @@ import { randomBytes } from '@qalqon/crypto';
 import { ChannelId, DeviceId, UserId, z } from '@qalqon/wire';
 import { ServerError } from '../errors.js';
 
-/** Upper bound on one bus message; the largest valid one is about 150 bytes. */
+/** Upper bound on one bus message but a heartbeat; the largest valid one is about 250 bytes. */
 export const MAX_BUS_MESSAGE_BYTES = 512;
+/** Upper bound on one `presence` heartbeat message (MAX_PRESENCE_ENTRIES of about 80 bytes). */
+export const MAX_PRESENCE_MESSAGE_BYTES = 65_536;
+/** Connections listed in one `presence` heartbeat message (a node with more sends several). */
+export const MAX_PRESENCE_ENTRIES = 600;
+/** A connection id: 12 hex digits of the attach time in ms, then 20 random hex digits (sorts by time). */
+export const ConnectionId = z.string().regex(/^[0-9a-f]{32}$/, 'expected 32 lower-case hex digits');
+/** One connection in a heartbeat: `<userId>/<deviceId>/<connectionId>`. */
+export const PresenceEntry = z
+  .string()
+  .regex(/^[0-9a-f]{32}\/[1-9][0-9]{0,9}\/[0-9a-f]{32}$/, 'expected user/device/connection');
 /** The message format version. */
 export const BUS_MESSAGE_VERSION = 1;
 
@@ -53,6 +69,38 @@ const ChannelChangedEvent = z.strictObject({
 });
 /** Events may have been missed: re-check connections, run every pump, drop every cache. */
 const ResyncEvent = z.strictObject({ type: z.literal('resync') });
+/**
+ * A device's connection was attached on the publishing node: other nodes close their
+ * connections of that device with an OLDER connection id (one live connection per device),
+ * and mark the device present on the publisher.
+ */
+const DeviceConnectedEvent = z.strictObject({
+  type: z.literal('device-connected'),
+  userId: UserId,
+  deviceId: DeviceId,
+  connectionId: ConnectionId,
+});
+/** That connection ended on the publishing node (presence). */
+const DeviceDisconnectedEvent = z.strictObject({
+  type: z.literal('device-disconnected'),
+  userId: UserId,
+  deviceId: DeviceId,
+  connectionId: ConnectionId,
+});
+/**
+ * A heartbeat: (part of) the publisher's connected devices; sent every `every` ms. Entries
+ * of a node that stops heart-beating expire after a few intervals.
+ */
+const PresenceEvent = z.strictObject({
+  type: z.literal('presence'),
+  every: z.int().min(100).max(600_000),
+  devices: z.array(PresenceEntry).max(MAX_PRESENCE_ENTRIES),
+});
+/** A sign-in challenge was redeemed on the publisher: add it to the replay cache (64 hex digits). */
+const ChallengeUsedEvent = z.strictObject({
+  type: z.literal('challenge-used'),
+  challenge: z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lower-case hex digits'),
+});
 
 export const BusEvent = z.discriminatedUnion('type', [
   MailEvent,
@@ -60,6 +108,10 @@ export const BusEvent = z.discriminatedUnion('type', [
   AuthzChangedEvent,
   ChannelChangedEvent,
   ResyncEvent,
+  DeviceConnectedEvent,
+  DeviceDisconnectedEvent,
+  PresenceEvent,
+  ChallengeUsedEvent,
 ]);
 export type BusEvent = z.infer<typeof BusEvent>;
 export type BusEventType = BusEvent['type'];
@@ -69,6 +121,10 @@ export const BUS_EVENT_TYPES: readonly BusEventType[] = [
   'authz-changed',
   'channel-changed',
   'resync',
+  'device-connected',
+  'device-disconnected',
+  'presence',
+  'challenge-used',
 ];
 
 /** A node id: 32 lower-case hex digits, random per process unless given. */
@@ -122,6 +178,16 @@ export function encodeBusMessage(from: string, event: BusEvent): Uint8Array {
     case 'resync':
       body = { type: e.type };
       break;
+    case 'device-connected':
+    case 'device-disconnected':
+      body = { type: e.type, userId: e.userId, deviceId: e.deviceId, connectionId: e.connectionId };
+      break;
+    case 'presence':
+      body = { type: e.type, every: e.every, devices: e.devices };
+      break;
+    case 'challenge-used':
+      body = { type: e.type, challenge: e.challenge };
+      break;
   }
   return new TextEncoder().encode(JSON.stringify({ v: BUS_MESSAGE_VERSION, from, event: body }));
 }
@@ -132,9 +198,17 @@ export type DecodedBusMessage =
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** Decodes bytes from the bus; never throws. */
-export function decodeBusMessage(data: Uint8Array): DecodedBusMessage {
-  if (data.length > MAX_BUS_MESSAGE_BYTES) return { ok: false, reason: 'oversized' };
+/**
+ * Decodes bytes from the bus; never throws. `subjectType`, when the transport knows it (the
+ * NATS subject), sets the size bound before anything is parsed; without it, a message larger
+ * than MAX_BUS_MESSAGE_BYTES is accepted only as a `presence` heartbeat.
+ */
+export function decodeBusMessage(data: Uint8Array, subjectType?: string): DecodedBusMessage {
+  const bound =
+    subjectType === undefined || subjectType === 'presence'
+      ? MAX_PRESENCE_MESSAGE_BYTES
+      : MAX_BUS_MESSAGE_BYTES;
+  if (data.length > bound) return { ok: false, reason: 'oversized' };
   let value: unknown;
   try {
     value = JSON.parse(utf8.decode(data));
@@ -143,6 +217,9 @@ export function decodeBusMessage(data: Uint8Array): DecodedBusMessage {
   }
   const parsed = BusMessage.safeParse(value);
   if (!parsed.success) return { ok: false, reason: 'malformed' };
+  if (parsed.data.event.type !== 'presence' && data.length > MAX_BUS_MESSAGE_BYTES) {
+    return { ok: false, reason: 'oversized' };
+  }
   return { ok: true, from: parsed.data.from, event: parsed.data.event };
 }
 
@@ -256,7 +333,7 @@ export abstract class BusCore {
   /** Checks and delivers bytes that arrived from the bus. `expectedType` comes from the subject, if any. */
   protected receive(data: Uint8Array, subjectType?: string): void {
     if (this.#closed) return;
-    const m = decodeBusMessage(data);
+    const m = decodeBusMessage(data, subjectType);
     if (!m.ok) {
       this.count[m.reason]++;
       return;

@@ -221,6 +221,12 @@ export class NatsBus extends BusCore implements EventBus {
     const data = encodeBusMessage(this.nodeId, event);
     const subject = `${this.subjectPrefix}.${event.type}`;
     this.count.published++;
+    if (event.type === 'presence') {
+      // A heartbeat is sent again every few seconds anyway: never kept for a replay.
+      if (this.#status === 'connected' && this.#nc !== undefined) this.#send(this.#nc, subject, data);
+      else this.count.publishFailed++;
+      return;
+    }
     this.#remember(subject, data);
     if (this.#status !== 'connected' || this.#nc === undefined) {
       // Held in #recent; sent when the connection is back.

@@ -110,20 +110,41 @@ export class Authorizer {
     this.#ttl = Math.min(options.ttlMs ?? AUTHZ_CACHE_TTL_MS, AUTHZ_CACHE_TTL_MS);
   }
 
+  #onChange: ((userId: string | undefined) => void) | undefined;
+
+  /** Who hears of local invalidations (the cluster: it tells the other nodes, `authz-changed`). */
+  setChangeListener(listener: ((userId: string | undefined) => void) | undefined): void {
+    this.#onChange = listener;
+  }
+
   /** After a change of one user's grants, roles, units or channel memberships. */
   invalidateUser(userId: string): void {
     this.#users.delete(userId);
+    this.#onChange?.(userId);
   }
 
   /** After a role was created or deleted. */
   invalidateRoles(): void {
     this.#roles = undefined;
+    this.#onChange?.(undefined);
   }
 
   /** After an org unit was created or removed. */
   invalidateOrg(): void {
     this.#tree = undefined;
     this.#users.clear();
+    this.#onChange?.(undefined);
+  }
+
+  /** Another node changed something (`authz-changed`): drop the user's entry, or everything. Tells no one. */
+  dropCached(userId: string | undefined): void {
+    if (userId !== undefined) {
+      this.#users.delete(userId);
+      return;
+    }
+    this.#users.clear();
+    this.#roles = undefined;
+    this.#tree = undefined;
   }
 
   #fresh<T>(c: Cached<T> | undefined): c is Cached<T> {
@@ -424,6 +445,7 @@ export const ROUTE_RULES: Readonly<Record<string, RouteRule>> = Object.freeze({
   'GET /v1/keys': DEVICE,
   'GET /v1/keys/:userName': DEVICE,
   'GET /v1/keys/:userName/devices': DEVICE,
+  'GET /v1/presence/:userName': DEVICE,
   'POST /v1/keys/one-time': DEVICE,
   'PUT /v1/keys/signed': DEVICE,
   'PUT /v1/keys/kyber': DEVICE,
@@ -436,6 +458,14 @@ export const ROUTE_RULES: Readonly<Record<string, RouteRule>> = Object.freeze({
   // is the caller leaving, and the signed log's own rules apply on top.
   'POST /v1/channels/:channelId/changes': { kind: 'device', membership: 'channel' },
   'POST /v1/channels/:channelId/messages': perm('channel.post', channelOfParam, 'channel'),
+  // files: the handler checks message.send (for users) or channel.post and membership (for
+  // a channel) on creation, and owner or recipient on every other route (plugins/files.ts)
+  'GET /v1/files': DEVICE,
+  'POST /v1/files': DEVICE,
+  'GET /v1/files/:fileId': DEVICE,
+  'DELETE /v1/files/:fileId': DEVICE,
+  'PUT /v1/files/:fileId/content': DEVICE,
+  'GET /v1/files/:fileId/content': DEVICE,
   // remote administration
   'GET /v1/admin/users': perm('user.manage', globalOnly),
   'POST /v1/admin/users': perm('user.manage', unitOfBody('unit')),
@@ -563,7 +593,7 @@ export function installAuthorization(
     // Unreachable (onRoute refused such a route), and closed should it ever happen.
     if (!rule) throw new ApiError('FORBIDDEN', 403, 'not allowed');
     if (rule.kind === 'public') return;
-    const identity = authenticate(ctx, req);
+    const identity = await authenticate(ctx, req);
     const resource = await enforce(ctx, key, rule, identity, {
       params: req.params,
       query: req.query,

@@ -8,6 +8,7 @@ import type { FastifyRequest } from 'fastify';
 import type { NewDevice, Storage } from '../storage/types.js';
 import { ApiError } from './api-error.js';
 import type { Authorizer } from './authz.js';
+import type { Cluster } from './cluster.js';
 import type { MailboxHub } from './hub.js';
 import type { LinkSlots } from './links.js';
 import type { ServerMetrics } from './metrics.js';
@@ -22,6 +23,8 @@ export interface ServiceContext {
   readonly sessions: SessionManager;
   readonly hub: MailboxHub;
   readonly links: LinkSlots;
+  /** The other nodes: events to tell them, presence (a lone node tells no one). */
+  readonly cluster: Cluster;
   readonly metrics: ServerMetrics;
   /** Failed enrolment and link codes, per client address. */
   readonly codeLimiter: FailureLimiter;
@@ -85,7 +88,7 @@ export function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<
  * The session of a request's `Authorization: Bearer` token, or UNAUTHENTICATED. Called only
  * by the central preHandler (authz.ts); handlers read its result with `requestIdentity`.
  */
-export function authenticate(ctx: ServiceContext, req: FastifyRequest): SessionIdentity {
+export function authenticate(ctx: ServiceContext, req: FastifyRequest): Promise<SessionIdentity> {
   const h = req.headers.authorization;
   const m = typeof h === 'string' ? /^Bearer ([A-Za-z0-9_-]{1,128})$/.exec(h) : null;
   return ctx.sessions.authenticate(m?.[1]);

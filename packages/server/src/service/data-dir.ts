@@ -8,6 +8,7 @@
  * | `kms-master.key` | the local KMS's key-encryption keys (absent with `pkcs11`: they live in the token) | 0600 |
  * | `data-keys.json` | the data keys, wrapped by the KMS (absent with `postgres`: they live in its `data_keys` table) | 0600 |
  * | `qalqon.db` (+ `-wal`, `-shm`) | the SQLCipher database (absent with `postgres`) | 0600 |
+ * | `files/<id>` | each file's sealed chunks (storage/file-blobs.ts; the directory 0700, created by the embedded storage; absent with `postgres`) | 0600 |
  * | `admin.sock` | the running server's local admin socket | 0600 |
  *
  * `config.json` is written last, atomically: its presence means init completed. A directory
@@ -32,20 +33,40 @@
  * that already holds a deployment is refused (ALREADY_INITIALISED): a fresh KMS could not
  * unwrap the data keys there, and two directories sharing a database by accident must
  * not happen silently.
+ *
+ * Event bus: `pubsub` in the config (pubsub/config.ts) is absent (one node) or
+ * `{ provider: 'nats', urlEnv | url, subjectPrefix? }`, set by `init --pubsub-url-env VAR`
+ * or `--pubsub-url URL` (a URL without credentials). It is only allowed with PostgreSQL:
+ * several nodes need a shared database. Nodes of one deployment share the config, so they
+ * share the bus and its subject prefix.
+ *
+ * Session key: sessions and sign-in challenges are MACed with the `session-mac` data key
+ * (openSessionKey), wrapped by the KMS like the other data keys (in `data-keys.json`, or
+ * PostgreSQL's `data_keys` table, which every node reads), so a session made on one node is
+ * valid on all and survives a restart.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import { randomBytes } from '@qalqon/crypto';
 import { ServerError } from '../errors.js';
-import { DEK_FILE } from '../kms/dek-registry.js';
+import { checkFileServiceLimits, type FileServiceLimits } from '../files/file-store.js';
+import { DEK_FILE, DekRegistry } from '../kms/dek-registry.js';
 import type { Kms, KmsDescription } from '../kms/kms.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { Pkcs11Kms, type Pkcs11KmsConfig, type Pkcs11PinSource } from '../kms/pkcs11-kms.js';
+import { checkPubsubSetting, type PubsubSetting } from '../pubsub/config.js';
+import { DEFAULT_SUBJECT_PREFIX } from '../pubsub/nats-bus.js';
 import { ensurePrivateDir, writePrivateFileAtomic } from '../secure-file.js';
 import { DATABASE_FILE, openEmbeddedStorage } from '../storage/embedded.js';
-import { createPostgresPool, openPostgresStorage, postgresError } from '../storage/postgres.js';
+import {
+  createPostgresPool,
+  loadPostgresExtraKey,
+  openPostgresStorage,
+  postgresError,
+} from '../storage/postgres.js';
 import type { Storage, StorageLimits } from '../storage/types.js';
 import { astring } from '../validate.js';
+import { SESSION_MAC_DEK } from './sessions.js';
 import { checkHostname, checkTlsPair, generateSelfSignedIdentity, spkiPin } from './tls.js';
 
 export const CONFIG_FILE = 'config.json';
@@ -74,7 +95,17 @@ export interface ServerConfig {
   readonly kms: LocalKmsSetting | Pkcs11KmsSetting;
   /** Absent in configs written before the PostgreSQL backend: embedded. */
   readonly database?: DatabaseSetting;
+  /** The event bus to the other nodes; absent: one node (pubsub/config.ts). */
+  readonly pubsub?: PubsubConfigJson;
+  /** File limits (files/file-store.ts): `maxFileBytes`, `quotaBytesPerUser`, `incompleteTtlMs`; each optional. */
+  readonly files?: Partial<FileServiceLimits>;
 }
+
+/** `pubsub` as config.json holds it (subjectPrefix only when not the default). */
+export type PubsubConfigJson =
+  | { readonly provider: 'local' }
+  | { readonly provider: 'nats'; readonly urlEnv: string; readonly subjectPrefix?: string }
+  | { readonly provider: 'nats'; readonly url: string; readonly subjectPrefix?: string };
 
 /**
  * Where the data lives. The PostgreSQL URL comes from the named environment variable
@@ -115,6 +146,8 @@ export interface InitOptions {
   readonly kms?: KmsChoice;
   /** Default: the embedded (SQLCipher) database in the data directory. */
   readonly database?: DatabaseSetting;
+  /** The event bus to other nodes (PostgreSQL only). Default: none, one node. */
+  readonly pubsub?: PubsubConfigJson;
   readonly clock?: () => number;
 }
 
@@ -132,6 +165,13 @@ export interface InitResult {
   /** The KMS as it was set up: provider, location and the first KEK version. Never secret. */
   readonly kms: KmsDescription;
   readonly database: 'embedded' | 'postgres';
+}
+
+function pubsubJson(p: Extract<PubsubSetting, { provider: 'nats' }>): PubsubConfigJson {
+  const prefix = p.subjectPrefix === DEFAULT_SUBJECT_PREFIX ? {} : { subjectPrefix: p.subjectPrefix };
+  return 'url' in p
+    ? { provider: 'nats', url: p.url, ...prefix }
+    : { provider: 'nats', urlEnv: p.urlEnv, ...prefix };
 }
 
 /** A fresh enrolment code: 120 random bits as 20 base64url characters. */
@@ -183,10 +223,27 @@ function checkPinSource(pin: unknown): pin is Pkcs11PinSource {
   return false;
 }
 
+/**
+ * Checks a `pubsub` setting against the database: NATS (several nodes) needs PostgreSQL.
+ * Throws CONFIG_INVALID.
+ */
+export function checkPubsubChoice(label: string, value: unknown, database: DatabaseSetting): PubsubSetting {
+  const setting = checkPubsubSetting(value, label);
+  if (setting.provider === 'nats' && database.provider !== 'postgres') {
+    throw new ServerError(
+      'CONFIG_INVALID',
+      `"${label}": the NATS event bus joins several nodes, which must share a PostgreSQL database; this one is embedded`,
+    );
+  }
+  return setting;
+}
+
 export function readConfig(dataDir: string): ServerConfig & {
   paths: { cert: string; key: string };
   kmsSetting: ResolvedKmsSetting;
   databaseSetting: DatabaseSetting;
+  pubsubSetting: PubsubSetting;
+  filesSetting: FileServiceLimits;
 } {
   const path = join(dataDir, CONFIG_FILE);
   let raw: unknown;
@@ -233,6 +290,18 @@ export function readConfig(dataDir: string): ServerConfig & {
   } catch {
     throw bad('database');
   }
+  let pubsubSetting: PubsubSetting;
+  try {
+    pubsubSetting = checkPubsubChoice('pubsub', c.pubsub, databaseSetting);
+  } catch (err) {
+    throw new ServerError('CONFIG_INVALID', `${path}: ${(err as Error).message}`);
+  }
+  let filesSetting: FileServiceLimits;
+  try {
+    filesSetting = checkFileServiceLimits(c.files, 'files');
+  } catch (err) {
+    throw new ServerError('CONFIG_INVALID', `${path}: ${(err as Error).message}`);
+  }
   for (const [field, p] of Object.entries(files)) {
     if (!existsSync(p))
       throw new ServerError('CONFIG_INVALID', `${path}: the ${field} file ${p} does not exist`);
@@ -242,6 +311,8 @@ export function readConfig(dataDir: string): ServerConfig & {
     paths: { cert: files.cert!, key: files.key! },
     kmsSetting,
     databaseSetting,
+    pubsubSetting,
+    filesSetting,
   };
 }
 
@@ -376,6 +447,28 @@ export async function openDatabase(
 }
 
 /**
+ * The `session-mac` data key (sessions.ts), created on first use: from the data directory's
+ * key file (embedded) or the database's `data_keys` table (PostgreSQL, shared by all nodes).
+ * Call after openDatabase.
+ */
+export async function openSessionKey(
+  db: ResolvedDatabase,
+  options: { readonly dataDir: string; readonly kms: Kms; readonly clock?: () => number },
+): Promise<Uint8Array> {
+  if (db.provider === 'embedded') {
+    const registry = await DekRegistry.open(join(options.dataDir, DEK_FILE), options.kms, options.clock);
+    return registry.getOrCreate(SESSION_MAC_DEK);
+  }
+  return loadPostgresExtraKey({
+    url: db.url,
+    kms: options.kms,
+    ...(db.ssl ? { ssl: true } : {}),
+    ...(options.clock ? { clock: options.clock } : {}),
+    name: SESSION_MAC_DEK,
+  });
+}
+
+/**
  * Refuses (ALREADY_INITIALISED) a database that already holds a deployment: users, or data
  * keys a fresh KMS could not unwrap. Run before anything is created, so an unreachable
  * database also leaves the data directory untouched. (Two inits racing past this check
@@ -479,6 +572,7 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
     'options.database',
     options.database ?? { provider: 'embedded' },
   );
+  const pubsub = checkPubsubChoice('options.pubsub', options.pubsub, databaseSetting);
   const database = resolveDatabase(databaseSetting);
   const clock = options.clock ?? Date.now;
   ensurePrivateDir(dataDir);
@@ -552,6 +646,7 @@ export async function initDataDir(options: InitOptions): Promise<InitResult> {
     tls,
     kms: kmsSetting,
     database: databaseSetting,
+    ...(pubsub.provider === 'nats' ? { pubsub: pubsubJson(pubsub) } : {}),
   };
   writePrivateFileAtomic(
     join(dataDir, CONFIG_FILE),

@@ -24,6 +24,7 @@ import {
 } from '@qalqon/wire';
 import type { FastifyInstance } from 'fastify';
 import WebSocket from 'ws';
+import type { FileServiceLimits } from '../files/file-store.js';
 import { DEK_FILE } from '../kms/dek-registry.js';
 import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { openEmbeddedStorage } from '../storage/embedded.js';
@@ -45,6 +46,8 @@ export interface Harness extends Endpoint {
   readonly dir: string;
   readonly tls: TlsIdentity;
   readonly logs: string[];
+  /** The KMS the storage's data keys and the files' keys are wrapped by. */
+  readonly kms: LocalKms;
   /** Creates a user (global roles: [DEFAULT_ROLE] unless given) and returns a fresh enrolment code for them. */
   addUser(name: string, options?: { roles?: readonly string[] }): Promise<{ userId: string; code: string }>;
   /** One request on the local admin socket (started with `adminSocket: true`). */
@@ -57,6 +60,8 @@ export async function startHarness(
     limits?: Partial<StorageLimits>;
     wrapStorage?: (s: Storage) => Storage;
     adminSocket?: boolean;
+    /** File limits (plugins/files.ts); defaults otherwise. */
+    files?: Partial<FileServiceLimits>;
   } = {},
 ): Promise<Harness> {
   const dir = mkdtempSync(join(tmpdir(), 'qalqon-svc-'));
@@ -73,6 +78,8 @@ export async function startHarness(
     storage,
     tls: { cert: tls.certPem, key: tls.keyPem },
     log: (l) => logs.push(l),
+    kms,
+    ...(options.files ? { files: options.files } : {}),
   });
   const { port } = await service.listen('127.0.0.1', 0);
   const adminPath = join(dir, 'admin.sock');
@@ -85,6 +92,7 @@ export async function startHarness(
     dir,
     tls,
     logs,
+    kms,
     port,
     cert: tls.certPem,
     async addUser(name, opts = {}) {

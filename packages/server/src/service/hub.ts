@@ -7,7 +7,17 @@
  *
  * Order: `seq` increases with every enqueue, and a sender's sends are enqueued one after
  * another, so per-sender order to each device is the seq order the pump delivers in.
+ *
+ * Several nodes: each attached connection gets a connection id that sorts by attach time
+ * (12 hex digits of milliseconds, then 20 random ones). The hub reports attaches, detaches
+ * and local enqueues to its listener (the cluster, which tells the other nodes), and the
+ * cluster calls `poke` for mail enqueued elsewhere and `replacedElsewhere` when a newer
+ * connection of a device was attached on another node. Delivery stays at least once: a
+ * device that moves between nodes may get an envelope again that it had not acknowledged
+ * (the client de-duplicates by envelope id), never lose one, because storage holds every
+ * envelope until its ack.
  */
+import { randomBytes } from '@qalqon/crypto';
 import { MAX_PUSH_BATCH, MAX_PUSH_BATCH_BODY_CHARS, type ServerFrameJson } from '@qalqon/wire';
 import type { Envelope, Storage } from '../storage/types.js';
 import type { ServerMetrics } from './metrics.js';
@@ -49,8 +59,32 @@ export const CLOSE_UNAUTHENTICATED = 4401;
 export const CLOSE_POLICY = 1008;
 export const CLOSE_GOING_AWAY = 1001;
 
+/** A new connection id: the attach time (ms, 12 hex digits) then 80 random bits. */
+export function newConnectionId(now: number = Date.now()): string {
+  return (
+    Math.max(0, Math.min(now, 0xffff_ffff_ffff)).toString(16).padStart(12, '0') +
+    Buffer.from(randomBytes(10)).toString('hex')
+  );
+}
+
+/** What the hub reports (to the cluster). */
+export interface HubListener {
+  attached(userId: string, deviceId: number, connectionId: string): void;
+  detached(userId: string, deviceId: number, connectionId: string): void;
+  /** Envelopes were enqueued through this node for the device. */
+  enqueued(userId: string, deviceId: number): void;
+}
+
+/** A live connection as the hub lists it. */
+export interface AttachedConnection {
+  readonly userId: string;
+  readonly deviceId: number;
+  readonly connectionId: string;
+}
+
 class Pump {
   readonly conn: DeviceConnection;
+  readonly connectionId: string;
   #afterSeq = 0;
   /** id → body size of envelopes sent and not yet acknowledged. */
   readonly #inFlight = new Map<string, number>();
@@ -66,10 +100,12 @@ class Pump {
 
   constructor(
     conn: DeviceConnection,
+    connectionId: string,
     private readonly storage: Storage,
     private readonly onError: (err: unknown) => void,
   ) {
     this.conn = conn;
+    this.connectionId = connectionId;
   }
 
   stop(): void {
@@ -166,33 +202,55 @@ export class MailboxHub {
    */
   #due = new Set<Pump>();
   #dueTimer: NodeJS.Immediate | undefined;
+  #listener: HubListener | undefined;
+  readonly #clock: () => number;
 
-  constructor(storage: Storage, metrics: ServerMetrics, log: (msg: string) => void) {
+  constructor(
+    storage: Storage,
+    metrics: ServerMetrics,
+    log: (msg: string) => void,
+    clock: () => number = Date.now,
+  ) {
     this.#storage = storage;
     this.#metrics = metrics;
     this.#log = log;
+    this.#clock = clock;
+  }
+
+  /** Sets who hears of attaches, detaches and enqueues (one listener). */
+  setListener(listener: HubListener | undefined): void {
+    this.#listener = listener;
   }
 
   static key(userId: string, deviceId: number): string {
     return `${userId}/${deviceId}`;
   }
 
-  /** Makes `conn` the device's live connection (closing an older one) and starts delivery. */
-  attach(conn: DeviceConnection): void {
+  /**
+   * Makes `conn` the device's live connection (closing an older one) and starts delivery.
+   * Returns its connection id.
+   */
+  attach(conn: DeviceConnection): string {
     const key = MailboxHub.key(conn.userId, conn.deviceId);
     const old = this.#pumps.get(key);
     if (old) {
       old.stop();
       old.conn.close(CLOSE_REPLACED, 'another connection of this device took over');
+      this.#listener?.detached(old.conn.userId, old.conn.deviceId, old.connectionId);
     } else {
       this.#metrics.devicesOnline.inc();
     }
-    const pump = new Pump(conn, this.#storage, (err) => {
+    let connectionId = newConnectionId(this.#clock());
+    // Later attaches of one device sort later, even within one millisecond.
+    if (old && connectionId <= old.connectionId) connectionId = newConnectionId(this.#clock() + 1);
+    const pump = new Pump(conn, connectionId, this.#storage, (err) => {
       this.#log(`delivery to a device failed: ${err instanceof Error ? err.name : 'error'}`);
       conn.close(1011, 'internal error');
     });
     this.#pumps.set(key, pump);
+    this.#listener?.attached(conn.userId, conn.deviceId, connectionId);
     pump.run();
+    return connectionId;
   }
 
   /** Forgets `conn` if it is still the device's live connection. */
@@ -203,16 +261,81 @@ export class MailboxHub {
       pump.stop();
       this.#pumps.delete(key);
       this.#metrics.devicesOnline.dec();
+      this.#listener?.detached(conn.userId, conn.deviceId, pump.connectionId);
     }
   }
 
-  /** New envelopes were enqueued for the device: push them if it is online. */
+  /**
+   * New envelopes were enqueued through this node for the device: push them if it is online
+   * here, and tell the listener (the other nodes).
+   */
   notify(userId: string, deviceId: number): void {
+    this.poke(userId, deviceId);
+    this.#listener?.enqueued(userId, deviceId);
+  }
+
+  /** New envelopes may be queued for the device (e.g. enqueued on another node): push them if it is online here. */
+  poke(userId: string, deviceId: number): void {
     const pump = this.#pumps.get(MailboxHub.key(userId, deviceId));
     if (pump) {
       pump.drained = false;
       this.#schedule(pump);
     }
+  }
+
+  /** Runs every pump (after events may have been missed). */
+  pokeAll(): void {
+    for (const pump of this.#pumps.values()) {
+      pump.drained = false;
+      this.#schedule(pump);
+    }
+  }
+
+  /** The live connections. */
+  connections(): AttachedConnection[] {
+    return [...this.#pumps.values()].map((p) => ({
+      userId: p.conn.userId,
+      deviceId: p.conn.deviceId,
+      connectionId: p.connectionId,
+    }));
+  }
+
+  /** The device's live connection here, if any. */
+  connectionOf(userId: string, deviceId: number): AttachedConnection | undefined {
+    const p = this.#pumps.get(MailboxHub.key(userId, deviceId));
+    return p ? { userId, deviceId, connectionId: p.connectionId } : undefined;
+  }
+
+  /**
+   * Another node attached a connection of the device with id `connectionId`: close ours if
+   * it is older (ids sort by attach time). Returns true when ours is the newer one and stays.
+   */
+  replacedElsewhere(userId: string, deviceId: number, connectionId: string): boolean {
+    const pump = this.#pumps.get(MailboxHub.key(userId, deviceId));
+    if (!pump) return false;
+    if (pump.connectionId >= connectionId) return pump.connectionId !== connectionId;
+    this.detach(pump.conn);
+    pump.conn.close(CLOSE_REPLACED, 'another connection of this device took over');
+    return false;
+  }
+
+  /**
+   * Re-checks the live connections of a user (all users without `userId`) against storage,
+   * closing those whose device is gone (CLOSE_REMOVED). For `device-removed` and `resync`.
+   */
+  async recheck(userId?: string): Promise<number> {
+    let closed = 0;
+    const pumps = [...this.#pumps.values()].filter((p) => userId === undefined || p.conn.userId === userId);
+    for (const pump of pumps) {
+      const c = pump.conn;
+      const device = await this.#storage.getDevice(c.userId, c.deviceId);
+      if (device === undefined && this.#pumps.get(MailboxHub.key(c.userId, c.deviceId)) === pump) {
+        this.detach(c);
+        c.close(CLOSE_REMOVED, 'the device was removed');
+        closed++;
+      }
+    }
+    return closed;
   }
 
   #schedule(pump: Pump): void {

@@ -4,9 +4,16 @@
  * embedded SQLCipher file, or PostgreSQL with the URL from the named environment variable),
  * serves HTTPS + WebSocket on one TLS 1.3 port and the admin API on the Unix socket, and
  * shuts all of it down in order on `close()`.
+ *
+ * With `pubsub` in the config it joins the other nodes' event bus (NATS; connecting in the
+ * background, so a NATS server that is down delays nothing: the node serves and its bus
+ * catches up, see cluster.ts) and closes it last, after the service, so the events of the
+ * shutdown (connections ending) still go out.
  */
+import { hostname as osHostname } from 'node:os';
 import { join, resolve } from 'node:path';
 import { DEK_FILE } from '../kms/dek-registry.js';
+import { openEventBus, resolvePubsub } from '../pubsub/config.js';
 import type { StorageLimits } from '../storage/types.js';
 import { startAdminSocket } from './admin.js';
 import { createService, type Service } from './app.js';
@@ -18,6 +25,7 @@ import {
   loadTls,
   openDatabase,
   openKms,
+  openSessionKey,
   parseListen,
   readConfig,
   resolveDatabase,
@@ -31,6 +39,8 @@ export interface RunOptions {
   readonly hostname?: string;
   readonly limits?: Partial<StorageLimits>;
   readonly log?: (line: string) => void;
+  /** The presence heartbeat interval (default 5 s; tests use less). */
+  readonly presenceIntervalMs?: number;
 }
 
 export interface RunningServer {
@@ -59,6 +69,8 @@ export async function runServer(options: RunOptions): Promise<RunningServer> {
   const tls = loadTls(config.paths);
   // Before the KMS: an unset URL variable is a configuration slip, reported without a token login.
   const database = resolveDatabase(config.databaseSetting);
+  const pubsub = resolvePubsub(config.pubsubSetting);
+  const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   // The local master-key file or the PKCS#11 token, as the config says (a token's PIN from its env variable or file).
   const kms = await openKms(config.kmsSetting);
   const cleanup: (() => Promise<unknown>)[] = [() => kms.close()];
@@ -72,20 +84,32 @@ export async function runServer(options: RunOptions): Promise<RunningServer> {
       ...(options.limits ? { limits: options.limits } : {}),
     });
     cleanup.push(() => storage.close());
+    const sessionKey = await openSessionKey(database, { dataDir, kms });
+    cleanup.push(async () => sessionKey.fill(0));
+    const bus =
+      pubsub.provider === 'nats'
+        ? openEventBus(pubsub, { name: `qalqon-${osHostname().slice(0, 100)}`, log })
+        : undefined;
+    if (bus) cleanup.push(() => bus.close());
     const service = await createService({
       storage,
       tls: { cert: tls.cert, key: tls.key },
       processMetrics: true,
-      ...(options.log ? { log: options.log } : {}),
+      sessionKey,
+      log,
+      kms,
+      files: config.filesSetting,
+      ...(bus ? { bus } : {}),
+      ...(options.presenceIntervalMs === undefined ? {} : { presenceIntervalMs: options.presenceIntervalMs }),
     });
     cleanup.push(() => service.close());
     // The admin socket first: it refuses to start when another server owns the directory.
     const adminSocket = join(dataDir, ADMIN_SOCKET_FILE);
     const admin = await startAdminSocket(adminSocket, service.ctx, {
       kms,
-      // PostgreSQL keeps its data keys in its data_keys table, which the kms.* operations do
-      // not handle yet: they are refused there rather than rotating beside the real keys.
+      // PostgreSQL keeps its data keys in its data_keys table, which the kms.* operations re-wrap there.
       dekFile: database.provider === 'embedded' ? join(dataDir, DEK_FILE) : undefined,
+      postgres: database.provider === 'postgres' ? { url: database.url, ssl: database.ssl } : undefined,
     });
     cleanup.push(() => admin.close());
     const addr = await service.listen(listen.host, listen.port);

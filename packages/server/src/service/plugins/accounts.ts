@@ -1,7 +1,11 @@
 /**
  * Accounts and devices: enrolment with a one-time code, device authentication
- * (challenge → signed answer → session token), the device list, and the link slots for
- * adding a further device.
+ * (challenge → signed answer → session token), the device list, presence, and the link
+ * slots for adding a further device.
+ *
+ * Several nodes: challenges and session tokens are MACed with a key all nodes share
+ * (sessions.ts), so they work on any node. Link slots are per node (links.ts): the new and
+ * the approving device must reach the same node while linking.
  */
 import {
   ChallengeRequest,
@@ -16,6 +20,7 @@ import {
   MAX_HTTP_BODY_BYTES,
   PERMISSIONS,
   SessionRequest,
+  UserNameParam,
 } from '@qalqon/wire';
 import type { FastifyInstance } from 'fastify';
 import { isServerError } from '../../errors.js';
@@ -156,6 +161,22 @@ export async function accountsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
         oneTimePrekeys: d.oneTimePrekeyCount,
         createdAt: d.createdAt,
       })),
+    };
+  });
+
+  // Which of a user's devices are connected to any node (ctx.cluster's presence table).
+  app.get('/v1/presence/:userName', async (req) => {
+    const { userName } = parse(UserNameParam, req.params);
+    const user = await ctx.storage.findUserByName(userName);
+    if (!user) throw new ApiError('USER_NOT_FOUND', 404, `no user named ${userName}`);
+    const devices = await ctx.storage.listDevices(user.id);
+    const connected = ctx.cluster.presenceOf(user.id);
+    return {
+      userId: user.id,
+      userName: user.name,
+      devices: devices
+        .map((d) => ({ deviceId: d.deviceId, connected: connected.has(d.deviceId) }))
+        .sort((a, b) => a.deviceId - b.deviceId),
     };
   });
 

@@ -87,6 +87,13 @@ export async function channelsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
   /** channel id → its replayed state (the entry's seq says which point of the log). */
   const states = new Map<string, ChannelState>();
 
+  // Another node's change: a cached replay older than it is dropped (stateOf also checks
+  // the stored seq, so this only frees memory sooner); a resync drops them all.
+  ctx.cluster.onChannelChanged((id, seq) => {
+    if ((states.get(id)?.seq ?? seq) < seq) states.delete(id);
+  });
+  ctx.cluster.onResync(() => states.clear());
+
   const remember = (state: ChannelState): void => {
     states.delete(state.channelId);
     states.set(state.channelId, state);
@@ -177,6 +184,7 @@ export async function channelsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
     });
     ctx.authz.invalidateUser(me.userId);
     remember(state);
+    ctx.cluster.channelChanged(ch.id, ch.seq);
     await ctx.audit({
       actor: await actorOf(ctx, deviceSubject(me)),
       action: 'channel.create',
@@ -269,6 +277,7 @@ export async function channelsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
     }
     // A removal drops the member's channel grants in the storage.
     ctx.authz.invalidateUser(change.userId);
+    ctx.cluster.channelChanged(ch.id, updated.seq);
     await ctx.audit({
       actor: await actorOf(ctx, deviceSubject(me)),
       action: change.op === 'add' ? 'channel.member.add' : 'channel.member.remove',

@@ -167,7 +167,7 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
         return refuse(conn, 'UNAUTHENTICATED', 'authenticate first', requestIdOf(json));
       let me: SessionIdentity;
       try {
-        me = ctx.sessions.authenticate(frame.token);
+        me = await ctx.sessions.authenticate(frame.token);
       } catch {
         refuse(conn, 'UNAUTHENTICATED', 'authentication failed');
         conn.close(CLOSE_UNAUTHENTICATED, 'authentication failed');
