@@ -22,7 +22,12 @@ import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { type AuditTamper, runStorageConformance } from './conformance.js';
 import { FIELD_DEK, FIELD_DEK_GENERATION, LOOKUP_DEK } from './embedded.js';
 import { FieldSealer } from './field-sealer.js';
-import { openPostgresStorage, type PostgresStorage, rewrapPostgresDataKeys } from './postgres.js';
+import {
+  createPostgresPool,
+  openPostgresStorage,
+  type PostgresStorage,
+  rewrapPostgresDataKeys,
+} from './postgres.js';
 import { MIGRATION_LOCK_KEY, migratePostgres, POSTGRES_MIGRATIONS } from './postgres-schema.js';
 import { sealAuditRecord } from './sealed-rows.js';
 import type { NewDevice, Storage } from './types.js';
@@ -231,7 +236,9 @@ afterEach(async () => {
 });
 
 /** A fresh database and KMS, cleaned up after the test; `open()` opens another node on it. */
-async function deployment(options: { limits?: Parameters<typeof openPostgresStorage>[0]['limits'] } = {}) {
+async function deployment(
+  options: { limits?: Parameters<typeof openPostgresStorage>[0]['limits']; clock?: () => number } = {},
+) {
   const db = await createDb();
   const { kms, dir } = await newKms();
   const stores: Storage[] = [];
@@ -246,6 +253,7 @@ async function deployment(options: { limits?: Parameters<typeof openPostgresStor
       url: db.url,
       kms: k,
       ...(options.limits ? { limits: options.limits } : {}),
+      ...(options.clock ? { clock: options.clock } : {}),
     });
     stores.push(s);
     return s;
@@ -770,6 +778,234 @@ describe('mailbox order', () => {
   });
 });
 
+/** One envelope from `user`/1 to `to`/`dev`, its body naming `tag`. */
+function envelopeTo(from: string, to: string, dev: number, tag: string) {
+  return {
+    recipientUserId: to,
+    recipientDeviceId: dev,
+    senderUserId: from,
+    senderDeviceId: 1,
+    body: new TextEncoder().encode(tag),
+  };
+}
+
+function settled<T>(p: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+  return p.then(
+    (value) => ({ ok: true as const, value }),
+    (error: unknown) => ({ ok: false as const, error }),
+  );
+}
+
+/** Deadlocks PostgreSQL has detected in `db` so far (statistics flushed when the sessions end). */
+async function deadlocks(url: string, name: string): Promise<number> {
+  const c = await rawClient(url);
+  try {
+    const r = await c.query<{ n: string }>('SELECT deadlocks AS n FROM pg_stat_database WHERE datname = $1', [
+      name,
+    ]);
+    return Number(r.rows[0]?.n);
+  } finally {
+    await c.end();
+  }
+}
+
+describe('mailbox group commit', () => {
+  it('one refused request among many concurrent ones fails alone; the others commit, in call order', async () => {
+    const { open } = await deployment({ limits: { maxQueuedPerDevice: 100 } });
+    const [a, b] = await Promise.all([open(), open()]);
+    const first = device('one');
+    const { user } = await enrol(a!, 'alice', first);
+    await a!.addDevice(user.id, device('two', [5], first.identityKey));
+    // Device 2 is full.
+    await a!.enqueue(Array.from({ length: 100 }, (_, i) => envelopeTo(user.id, user.id, 2, `f${i}`)));
+    // All in one event-loop turn: one group.
+    const calls = Array.from({ length: 80 }, (_, i) => {
+      if (i === 30)
+        return a!.enqueue([envelopeTo(user.id, user.id, 1, 'x30'), envelopeTo(user.id, user.id, 2, 'y30')]);
+      if (i === 55) return a!.enqueue([envelopeTo(user.id, user.id, 9, 'z55')]);
+      return a!.enqueue([envelopeTo(user.id, user.id, 1, `m${i}`)]);
+    });
+    const results = await Promise.all(calls.map(settled));
+    results.forEach((r, i) => {
+      if (i === 30) expect(r.ok ? 'ok' : expectCode(r.error, 'MAILBOX_FULL').code).toBe('MAILBOX_FULL');
+      else if (i === 55)
+        expect(r.ok ? 'ok' : expectCode(r.error, 'DEVICE_NOT_FOUND').code).toBe('DEVICE_NOT_FOUND');
+      else expect(r.ok, `call ${i}`).toBe(true);
+    });
+    // What the other node reads: exactly the 78 admitted envelopes, in call order, counted once.
+    const want = results.flatMap((_, i) => (i === 30 || i === 55 ? [] : [`m${i}`]));
+    const got = await b!.fetchEnvelopes(user.id, 1, { limit: 1000 });
+    expect(got.map((e) => new TextDecoder().decode(e.body))).toEqual(want);
+    const receipts = results.flatMap((r) => (r.ok ? r.value : []));
+    expect(got.map((e) => [e.id, e.seq])).toEqual(receipts.map((r) => [r.id, r.seq]));
+    expect(await b!.mailboxStats(user.id, 1)).toEqual({
+      count: 78,
+      bytes: want.reduce((n, t) => n + t.length, 0),
+    });
+    expect((await b!.mailboxStats(user.id, 2)).count).toBe(100);
+    const two = (await b!.fetchEnvelopes(user.id, 2, { limit: 1000 })).map((e) =>
+      new TextDecoder().decode(e.body),
+    );
+    expect(two).toEqual(Array.from({ length: 100 }, (_, i) => `f${i}`));
+  });
+
+  it("a refused request's purge of expired envelopes is rolled back; an admitted one's in the same group stays", async () => {
+    let now = 1_000_000_000_000;
+    const day = 24 * 3600 * 1000;
+    const { open } = await deployment({
+      limits: { maxQueuedPerDevice: 3, maxEnvelopeAgeMs: day },
+      clock: () => now,
+    });
+    const s = await open();
+    const peer = await open();
+    const first = device('one');
+    const { user } = await enrol(s, 'alice', first);
+    await s.addDevice(user.id, device('two', [5], first.identityKey));
+    await s.addDevice(user.id, device('three', [6], first.identityKey));
+    // Devices 1 and 2 hold 3 envelopes each that will expire; device 3 holds 3 that will not.
+    await s.enqueue([1, 1, 1, 2, 2, 2].map((d, i) => envelopeTo(user.id, user.id, d, `old${i}`)));
+    now += 2 * day;
+    await s.enqueue([3, 3, 3].map((d, i) => envelopeTo(user.id, user.id, d, `new${i}`)));
+    // One group: a fan-out to 1 (fits once purged) and 3 (full), then a request to 2 alone.
+    const [fan, two] = await Promise.all([
+      settled(s.enqueue([envelopeTo(user.id, user.id, 1, 'a'), envelopeTo(user.id, user.id, 3, 'b')])),
+      settled(s.enqueue([envelopeTo(user.id, user.id, 2, 'c')])),
+    ]);
+    expect(fan.ok ? 'ok' : expectCode(fan.error, 'MAILBOX_FULL').code).toBe('MAILBOX_FULL');
+    expect(two.ok).toBe(true);
+    // Device 1's expired envelopes are still there (the refusal changed nothing); device 2's were purged.
+    expect(await peer.mailboxStats(user.id, 1)).toEqual({ count: 3, bytes: 12 });
+    expect(await peer.mailboxStats(user.id, 2)).toEqual({ count: 1, bytes: 1 });
+    expect(await peer.mailboxStats(user.id, 3)).toEqual({ count: 3, bytes: 12 });
+  });
+
+  it('two nodes hammering the same recipients: no deadlock, limits kept, counters exact', async () => {
+    const limit = 60;
+    const { db, open } = await deployment({ limits: { maxQueuedPerDevice: limit } });
+    const [a, b] = await Promise.all([open(), open()]);
+    // Recipients of two users, so the lock order spans user ids as well as device ids.
+    const [a1, b1] = [device('a1'), device('b1')];
+    const alice = await enrol(a!, 'alice', a1);
+    const bob = await enrol(a!, 'bob', b1);
+    await a!.addDevice(alice.user.id, device('a2', [5], a1.identityKey));
+    await a!.addDevice(bob.user.id, device('b2', [5], b1.identityKey));
+    const targets = [
+      [alice.user.id, 1],
+      [alice.user.id, 2],
+      [bob.user.id, 1],
+      [bob.user.id, 2],
+    ] as const;
+    const before = await deadlocks(db.url, db.name);
+    // Waves of fan-outs in varying (often reversed) recipient order, from both nodes at once,
+    // with acks of what each node has seen mixed in: many groups overlap on every device row.
+    const admitted = new Map<string, number>();
+    let refused = 0;
+    let acked = 0;
+    for (let wave = 0; wave < 8; wave++) {
+      const calls: Promise<unknown>[] = [];
+      for (let i = 0; i < 60; i++) {
+        const node = (i + wave) % 2 === 0 ? a! : b!;
+        const k = (i * 7 + wave) % 4;
+        const order = i % 3 === 0 ? [k] : i % 3 === 1 ? [k, (k + 1) % 4] : [(k + 3) % 4, (k + 2) % 4, k];
+        const envs = order.map((t) =>
+          envelopeTo(alice.user.id, targets[t]![0], targets[t]![1], `w${wave}-${i}-${t}`),
+        );
+        calls.push(
+          settled(node.enqueue(envs)).then((r) => {
+            if (!r.ok) {
+              expectCode(r.error, 'MAILBOX_FULL');
+              refused++;
+              return;
+            }
+            for (const rc of r.value) {
+              const key = `${rc.recipientUserId}/${rc.recipientDeviceId}`;
+              admitted.set(key, (admitted.get(key) ?? 0) + 1);
+            }
+          }),
+        );
+      }
+      if (wave % 2 === 1) {
+        for (const [t, [u, d]] of targets.entries()) {
+          const node = t % 2 === 0 ? b! : a!;
+          calls.push(
+            node.fetchEnvelopes(u, d, { limit: 25 }).then(async (page) => {
+              const n = await node.ackEnvelopes(
+                u,
+                d,
+                page.map((e) => e.id),
+              );
+              acked += n;
+              admitted.set(`${u}/${d}`, (admitted.get(`${u}/${d}`) ?? 0) - n);
+            }),
+          );
+        }
+      }
+      await Promise.all(calls);
+    }
+    expect(refused).toBeGreaterThan(0);
+    expect(acked).toBeGreaterThan(0);
+    for (const [u, d] of targets) {
+      const rows = await b!.fetchEnvelopes(u, d, { limit: 1000 });
+      expect(rows.length).toBeLessThanOrEqual(limit);
+      expect(rows.length).toBe(admitted.get(`${u}/${d}`));
+      expect(await a!.mailboxStats(u, d)).toEqual({
+        count: rows.length,
+        bytes: rows.reduce((n, e) => n + e.body.length, 0),
+      });
+      // Delivery order is seq order.
+      expect(rows.map((e) => e.seq)).toEqual([...rows.map((e) => e.seq)].sort((x, y) => x - y));
+    }
+    // Sessions flush their statistics when they end.
+    await a!.close();
+    await b!.close();
+    expect(await deadlocks(db.url, db.name)).toBe(before);
+  });
+
+  it('one group of acks for several devices: each counts its own, foreign and repeated ids count once', async () => {
+    const { open } = await deployment();
+    const [a, b] = await Promise.all([open(), open()]);
+    const first = device('one');
+    const { user } = await enrol(a!, 'alice', first);
+    await a!.addDevice(user.id, device('two', [5], first.identityKey));
+    await a!.addDevice(user.id, device('three', [6], first.identityKey));
+    await a!.enqueue(
+      [1, 2, 3].flatMap((d) =>
+        Array.from({ length: 10 }, (_, i) => envelopeTo(user.id, user.id, d, `d${d}-${i}`)),
+      ),
+    );
+    const ids = async (d: number) => (await a!.fetchEnvelopes(user.id, d, { limit: 100 })).map((e) => e.id);
+    const [one, two, three] = [await ids(1), await ids(2), await ids(3)];
+    // All in one turn: one group.
+    const results = await Promise.all([
+      settled(a!.ackEnvelopes(user.id, 1, one.slice(0, 6))),
+      settled(a!.ackEnvelopes(user.id, 2, two)),
+      settled(a!.ackEnvelopes(user.id, 3, one.slice(6))), // device 1's ids: a no-op for device 3
+      settled(a!.ackEnvelopes(user.id, 1, one.slice(4, 8))), // 4 and 5 acked above already
+      settled(a!.ackEnvelopes(user.id, 9, three)),
+      settled(a!.ackEnvelopes(user.id, 3, [])),
+      settled(a!.enqueue([envelopeTo(user.id, user.id, 3, 'late')])),
+      settled(a!.ackEnvelopes(user.id, 3, three.slice(0, 3))),
+    ]);
+    const values = results.map((r) => (r.ok ? r.value : expectCode(r.error, 'DEVICE_NOT_FOUND').code));
+    expect(values[0]).toBe(6);
+    expect(values[1]).toBe(10);
+    expect(values[2]).toBe(0);
+    expect(values[3]).toBe(2);
+    expect(values[4]).toBe('DEVICE_NOT_FOUND');
+    expect(values[5]).toBe(0);
+    expect(values[7]).toBe(3);
+    const remaining = async (d: number) =>
+      (await b!.fetchEnvelopes(user.id, d, { limit: 100 })).map((e) => e.id);
+    expect(await remaining(1)).toEqual(one.slice(8));
+    expect(await remaining(2)).toEqual([]);
+    const late = (values[6] as { id: string }[])[0]!.id;
+    expect(await remaining(3)).toEqual([...three.slice(3), late]);
+    expect(await b!.mailboxStats(user.id, 1)).toEqual({ count: 2, bytes: 8 });
+    expect(await b!.mailboxStats(user.id, 2)).toEqual({ count: 0, bytes: 0 });
+    expect(await b!.mailboxStats(user.id, 3)).toEqual({ count: 8, bytes: 8 * 4 });
+  });
+});
+
 describe('connections', () => {
   it('an unreachable server is DATABASE_UNAVAILABLE, and the message carries no URL or password', async () => {
     const { kms, dir } = await newKms();
@@ -785,6 +1021,33 @@ describe('connections', () => {
     } finally {
       await kms.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('every pooled connection commits synchronously, whatever the server default, from its first query', async () => {
+    // A database whose own default is off: only the pool's startup option can make it on.
+    const name = `qalqon_sync_${randomBytes(6).toString('hex')}`;
+    const admin = await rawClient(ADMIN_URL);
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.query(`ALTER DATABASE ${name} SET synchronous_commit = off`);
+    const url = new URL(ADMIN_URL);
+    url.pathname = `/${name}`;
+    const pool = createPostgresPool({ url: url.toString(), maxConnections: 3 });
+    try {
+      const clients = await Promise.all([pool.connect(), pool.connect(), pool.connect()]);
+      try {
+        for (const c of clients) {
+          // SET LOCAL would not survive; a session default of off must be overridden by the startup option.
+          const r = await c.query<{ synchronous_commit: string }>('SHOW synchronous_commit');
+          expect(r.rows[0]?.synchronous_commit).toBe('on');
+        }
+      } finally {
+        for (const c of clients) c.release();
+      }
+    } finally {
+      await pool.end();
+      await admin.query(`DROP DATABASE ${name}`);
+      await admin.end();
     }
   });
 

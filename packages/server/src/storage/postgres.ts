@@ -29,6 +29,9 @@
  *   holds them to commit: counters and limits are exact, and one device's envelopes commit
  *   in `seq` order, so an `afterSeq` cursor never skips a late commit;
  * - acks and purges lock the device rows before the envelope rows, in the same order;
+ * - enqueues and acks are group-committed (see MailJob): one transaction per group of
+ *   requests, which first locks every device row the whole group touches, in one statement
+ *   in key order, so groups of different nodes cannot deadlock either;
  * - a channel's changes are appended under its row's lock (FOR UPDATE): of several nodes
  *   appending the same seq, one inserts it and the others then read its seq and get
  *   CHANNEL_CONFLICT;
@@ -130,6 +133,7 @@ import {
   openDevice,
   openEnvelope,
   openFileRow,
+  type RecipientTally,
   ref,
   sealAuditRecord,
   sealChannelLogEntry,
@@ -311,15 +315,13 @@ export function createPostgresPool(options: {
     types: TYPES,
     application_name: 'qalqon-server',
     connectionTimeoutMillis: 15_000,
+    // Durability must not depend on the server's default: a COMMIT returns once it is
+    // flushed. Set in the startup packet, so it holds before the first query on a connection.
+    options: '-c synchronous_commit=on',
   });
   // An idle connection that breaks (server restart, network) is dropped by the pool; without
   // a listener the 'error' event would end the process.
   pool.on('error', () => undefined);
-  // Durability must not depend on the server's default: a COMMIT returns once it is flushed.
-  // Queries on one client run in order, so this precedes anything the client is used for.
-  pool.on('connect', (client) => {
-    client.query('SET synchronous_commit = on').catch(() => undefined);
-  });
   return pool;
 }
 
@@ -559,6 +561,67 @@ export async function listPostgresDataKeys(options: {
 
 type Client = pg.PoolClient;
 
+/**
+ * Group commit of the mailbox's hot writes (enqueue, ackEnvelopes): every request made in one
+ * event-loop turn (and every one queued while MAIL_GROUPS_IN_FLIGHT groups were running) runs
+ * in ONE transaction on one pooled connection, so a busy node pays one COMMIT (one WAL flush)
+ * and a few round trips per group instead of per request. Each request still succeeds or
+ * fails alone: a refused one (DEVICE_NOT_FOUND, MAILBOX_FULL) changes nothing and rejects with
+ * its own error while the others commit, and every promise settles only after the group's
+ * COMMIT returned. A group that fails as a whole (deadlock, serialization failure) runs again
+ * from the start; one that cannot commit rejects every request in it with the coded error.
+ */
+type MailJob = EnqueueJob | AckJob;
+
+interface EnqueueJob {
+  readonly kind: 'enqueue';
+  /** The clock when the call was made: created_at, and the expiry cutoff for its purges. */
+  readonly now: number;
+  readonly envelopes: readonly SealedEnvelope[];
+  readonly tallies: readonly RecipientTally[];
+  /** Sealed body bytes, for MAIL_GROUP_MAX_BYTES. */
+  readonly bytes: number;
+  readonly resolve: (value: EnvelopeReceipt[]) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+interface AckJob {
+  readonly kind: 'ack';
+  readonly userId: string;
+  readonly deviceId: number;
+  /** Distinct ids. */
+  readonly ids: readonly string[];
+  readonly resolve: (value: number) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+interface SealedEnvelope {
+  readonly e: NewEnvelope;
+  readonly id: string;
+  /** The body sealed under envelopeBodyRef(id). */
+  readonly body: Uint8Array;
+}
+
+type MailOutcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+/** A locked device row's counters, as the group's requests change them. */
+interface Queued {
+  queued_count: number;
+  queued_bytes: number;
+}
+
+/** Requests per group at most. */
+const MAIL_GROUP_MAX_REQUESTS = 256;
+/** Envelopes (enqueued or acked) per group at most, unless one request has more. */
+const MAIL_GROUP_MAX_ENVELOPES = 4096;
+/** Sealed body bytes per group at most, unless one request has more. */
+const MAIL_GROUP_MAX_BYTES = 16 * 1024 * 1024;
+/**
+ * Groups one node runs at once: while one commits the next can start, and requests that
+ * arrive meanwhile wait in the queue for the next free slot, forming a larger group.
+ */
+const MAIL_GROUPS_IN_FLIGHT = 2;
+
 interface UserRow {
   id: string;
   name: string;
@@ -670,6 +733,12 @@ export class PostgresStorage implements Storage {
   #closed = false;
   /** Calls under way; close() lets them finish before it ends the pool and zeroes the keys. */
   readonly #inflight = new Set<Promise<unknown>>();
+  /** Mailbox writes waiting for a group (see MailJob), in call order. */
+  #mailQueue: MailJob[] = [];
+  /** The end-of-turn callback that starts the next groups, while one is scheduled. */
+  #mailTimer: NodeJS.Immediate | undefined;
+  /** Groups running now (at most MAIL_GROUPS_IN_FLIGHT). */
+  #mailGroups = 0;
 
   /**
    * Use openPostgresStorage. The storage owns `pool` and `sealer` from here; it copies
@@ -1140,86 +1209,349 @@ export class PostgresStorage implements Storage {
     const list = checkEnvelopes('envelopes', envelopes, this.#limits);
     const now = this.#clock();
     // Seal before the transaction: AES-GCM over large bodies need not hold row locks.
-    const sealed = list.map((e) => {
+    let bytes = 0;
+    const sealed = list.map((e): SealedEnvelope => {
       const id = newId();
-      return { e, id, body: this.#sealer.seal(envelopeBodyRef(id), e.body) };
+      const body = this.#sealer.seal(envelopeBodyRef(id), e.body);
+      bytes += body.length;
+      return { e, id, body };
     });
     const tallies = [...tallyRecipients(list).values()];
-    return this.#tx(async (c) => {
-      // Lock every recipient's device row in one statement, in key order (no deadlock between fan-outs).
-      const locked = await c.query<{
-        user_id: string;
-        device_id: number;
-        queued_count: number;
-        queued_bytes: number;
-      }>(
-        `SELECT user_id, device_id, queued_count, queued_bytes FROM devices
-           WHERE (user_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::int[]))
-           ORDER BY user_id, device_id FOR UPDATE`,
-        [tallies.map((t) => t.userId), tallies.map((t) => t.deviceId)],
+    return this.#mail<EnvelopeReceipt[]>((resolve, reject) => ({
+      kind: 'enqueue',
+      now,
+      envelopes: sealed,
+      tallies,
+      bytes,
+      resolve,
+      reject,
+    }));
+  }
+
+  async ackEnvelopes(userId: string, deviceId: number, ids: readonly string[]): Promise<number> {
+    checkUserId('userId', userId);
+    checkDeviceId('deviceId', deviceId);
+    const list = [...new Set(checkEnvelopeIds('ids', ids))];
+    return this.#mail<number>((resolve, reject) => ({
+      kind: 'ack',
+      userId,
+      deviceId,
+      ids: list,
+      resolve,
+      reject,
+    }));
+  }
+
+  /**
+   * Queues a mailbox write for the next group commit (see MailJob) and resolves with its
+   * result once that group's COMMIT returned; rejects with its own error, having changed nothing.
+   */
+  #mail<T>(make: (resolve: (value: T) => void, reject: (error: unknown) => void) => MailJob): Promise<T> {
+    this.#open();
+    return this.#track(
+      new Promise<T>((resolve, reject) => {
+        this.#mailQueue.push(make(resolve, reject));
+        this.#scheduleMail();
+      }),
+    );
+  }
+
+  /** Starts queued groups at the end of this event-loop turn, while fewer than MAIL_GROUPS_IN_FLIGHT run. */
+  #scheduleMail(): void {
+    if (this.#mailTimer !== undefined) return;
+    if (this.#mailGroups >= MAIL_GROUPS_IN_FLIGHT || this.#mailQueue.length === 0) return;
+    this.#mailTimer = setImmediate(() => {
+      this.#mailTimer = undefined;
+      while (this.#mailGroups < MAIL_GROUPS_IN_FLIGHT && this.#mailQueue.length > 0) {
+        const jobs = this.#takeMailGroup();
+        this.#mailGroups++;
+        void this.#runMailGroup(jobs).finally(() => {
+          this.#mailGroups--;
+          this.#scheduleMail();
+        });
+      }
+    });
+  }
+
+  /** The oldest queued requests, in call order, within the MAIL_GROUP_* caps (at least one). */
+  #takeMailGroup(): MailJob[] {
+    const q = this.#mailQueue;
+    let n = 0;
+    let envelopes = 0;
+    let bytes = 0;
+    while (n < q.length && n < MAIL_GROUP_MAX_REQUESTS) {
+      const job = q[n]!;
+      const e = job.kind === 'enqueue' ? job.envelopes.length : job.ids.length;
+      const b = job.kind === 'enqueue' ? job.bytes : 0;
+      if (n > 0 && (envelopes + e > MAIL_GROUP_MAX_ENVELOPES || bytes + b > MAIL_GROUP_MAX_BYTES)) break;
+      envelopes += e;
+      bytes += b;
+      n++;
+    }
+    return q.splice(0, n);
+  }
+
+  /** Runs one group and settles every promise in it; never rejects. */
+  async #runMailGroup(jobs: readonly MailJob[]): Promise<void> {
+    let outcomes: MailOutcome[];
+    try {
+      outcomes = await this.#mailGroupTx(jobs);
+    } catch (err) {
+      const state = sqlState(err);
+      if (jobs.length > 1 && state !== undefined && /^(22|23)/.test(state)) {
+        // A statement shared by the group failed on some request's data (nothing of the
+        // group committed): run each request alone, in call order, so only that one fails.
+        for (const job of jobs) await this.#runMailGroup([job]);
+        return;
+      }
+      const coded = postgresError(err);
+      for (const job of jobs) job.reject(coded);
+      return;
+    }
+    jobs.forEach((job, i) => {
+      const o = outcomes[i]!;
+      if (o.ok) (job.resolve as (value: unknown) => void)(o.value);
+      else job.reject(o.error);
+    });
+  }
+
+  /**
+   * The group's transaction (READ COMMITTED), retried whole on a deadlock or serialization
+   * failure: each attempt starts from what the database holds, so nothing is acknowledged
+   * that did not commit. Throws the raw error (postgresError maps it).
+   */
+  async #mailGroupTx(jobs: readonly MailJob[]): Promise<MailOutcome[]> {
+    for (let attempt = 1; ; attempt++) {
+      const c = await connect(this.#pool);
+      let broken = false;
+      try {
+        await c.query('BEGIN');
+        const outcomes = await this.#mailGroup(c, jobs);
+        await c.query('COMMIT');
+        return outcomes;
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => {
+          broken = true;
+        });
+        const state = sqlState(err);
+        if (attempt < TX_ATTEMPTS && state !== undefined && RETRYABLE.has(state)) continue;
+        throw err;
+      } finally {
+        c.release(broken);
+      }
+    }
+  }
+
+  /**
+   * One group's work inside its transaction. Every device row the group touches is locked
+   * first, in one statement in key order (so groups of several nodes, and fan-outs, cannot
+   * deadlock), and its counters read; the acks run next (one statement), then each enqueue
+   * is admitted or refused in call order against those counters, and the admitted ones are
+   * inserted by one statement, drawing seq in call order. A refused request ran no statement
+   * (or only a purge, rolled back to its savepoint), so it changes nothing.
+   */
+  async #mailGroup(c: Client, jobs: readonly MailJob[]): Promise<MailOutcome[]> {
+    const out: MailOutcome[] = [];
+    const devices = new Map<string, { readonly userId: string; readonly deviceId: number }>();
+    for (const job of jobs) {
+      if (job.kind === 'ack') devices.set(deviceRowId(job.userId, job.deviceId), job);
+      else for (const t of job.tallies) devices.set(deviceRowId(t.userId, t.deviceId), t);
+    }
+    const list = [...devices.values()];
+    const locked = await c.query<{
+      user_id: string;
+      device_id: number;
+      queued_count: number;
+      queued_bytes: number;
+    }>(
+      `SELECT user_id, device_id, queued_count, queued_bytes FROM devices
+         WHERE (user_id, device_id) IN (SELECT * FROM unnest($1::text[], $2::int[]))
+         ORDER BY user_id, device_id FOR UPDATE`,
+      [list.map((d) => d.userId), list.map((d) => d.deviceId)],
+    );
+    const queued = new Map<string, Queued>(
+      locked.rows.map((r) => [
+        deviceRowId(r.user_id, r.device_id),
+        { queued_count: r.queued_count, queued_bytes: r.queued_bytes },
+      ]),
+    );
+
+    // Acks first. Requests in one group are concurrent (none has resolved), so any order is
+    // one they could have run in; an id two requests ack is counted for the first.
+    const ack = { ids: [] as string[], users: [] as string[], devices: [] as number[], jobs: [] as number[] };
+    const claimed = new Set<string>();
+    jobs.forEach((job, i) => {
+      if (job.kind !== 'ack') return;
+      const key = deviceRowId(job.userId, job.deviceId);
+      if (!queued.has(key)) {
+        out[i] = { ok: false, error: deviceNotFound(job.userId, job.deviceId) };
+        return;
+      }
+      out[i] = { ok: true, value: 0 };
+      for (const id of job.ids) {
+        if (claimed.has(`${key}/${id}`)) continue;
+        claimed.add(`${key}/${id}`);
+        ack.ids.push(id);
+        ack.users.push(job.userId);
+        ack.devices.push(job.deviceId);
+        ack.jobs.push(i);
+      }
+    });
+    if (ack.ids.length > 0) {
+      // The recipient columns in the join make another device's ids a no-op.
+      const r = await c.query<{ j: number; n: number; b: number }>(
+        `WITH del AS (
+           DELETE FROM envelopes e USING unnest($1::text[], $2::text[], $3::int[], $4::int[]) AS t(id, u, dv, j)
+             WHERE e.id = t.id AND e.recipient_user_id = t.u AND e.recipient_device_id = t.dv
+           RETURNING t.j AS j, e.recipient_user_id AS u, e.recipient_device_id AS dv, e.size AS size),
+         sums AS (SELECT u, dv, count(*) AS n, sum(size)::bigint AS b FROM del GROUP BY u, dv),
+         upd AS (
+           UPDATE devices d SET queued_count = d.queued_count - sums.n, queued_bytes = d.queued_bytes - sums.b
+             FROM sums WHERE d.user_id = sums.u AND d.device_id = sums.dv)
+         SELECT j, count(*)::int AS n, sum(size)::bigint AS b FROM del GROUP BY j`,
+        [ack.ids, ack.users, ack.devices, ack.jobs],
       );
-      const stats = new Map(locked.rows.map((r) => [deviceRowId(r.user_id, r.device_id), r]));
-      for (const t of tallies) {
-        let s = stats.get(deviceRowId(t.userId, t.deviceId));
-        if (!s) throw deviceNotFound(t.userId, t.deviceId);
-        if (!fitsQueueLimits(this.#limits, s, t)) {
-          // Expired envelopes still count until purged; purge this queue before refusing.
-          const freed = await this.#purge(c, now, t.userId, t.deviceId);
-          s = {
-            ...s,
-            queued_count: s.queued_count - freed.count,
-            queued_bytes: s.queued_bytes - freed.bytes,
-          };
-          if (!fitsQueueLimits(this.#limits, s, t)) {
-            throw new ServerError(
-              'MAILBOX_FULL',
-              `the mailbox of user ${t.userId} device ${t.deviceId} is full (${s.queued_count} envelopes, ${s.queued_bytes} bytes)`,
-            );
-          }
+      for (const row of r.rows) {
+        const job = jobs[row.j] as AckJob;
+        out[row.j] = { ok: true, value: row.n };
+        const q = queued.get(deviceRowId(job.userId, job.deviceId))!;
+        q.queued_count -= row.n;
+        q.queued_bytes -= row.b;
+      }
+    }
+
+    // Then the enqueues, admitted in call order against the counters.
+    const admitted: number[] = [];
+    const noneExpired = new Set<string>();
+    for (let i = 0; i < jobs.length; i++) {
+      const job = jobs[i]!;
+      if (job.kind !== 'enqueue') continue;
+      const refusal = await this.#admit(c, job, queued, noneExpired);
+      if (refusal === undefined) admitted.push(i);
+      else out[i] = { ok: false, error: refusal };
+    }
+    if (admitted.length === 0) return out;
+
+    const rows = admitted.flatMap((i) => (jobs[i] as EnqueueJob).envelopes.map((x) => ({ x, i })));
+    const inserted = await c.query<{ seq: number; id: string }>(
+      `INSERT INTO envelopes (id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id,
+         created_at, size, body)
+       SELECT id, ru, rd, su, sd, at, size, body
+         FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::bigint[], $7::int[],
+           $8::bytea[], $9::int[]) AS t(id, ru, rd, su, sd, at, size, body, ord)
+         ORDER BY ord
+       RETURNING seq, id`,
+      [
+        rows.map(({ x }) => x.id),
+        rows.map(({ x }) => x.e.recipientUserId),
+        rows.map(({ x }) => x.e.recipientDeviceId),
+        rows.map(({ x }) => x.e.senderUserId),
+        rows.map(({ x }) => x.e.senderDeviceId),
+        rows.map(({ i }) => (jobs[i] as EnqueueJob).now),
+        rows.map(({ x }) => x.e.body.length),
+        rows.map(({ x }) => x.body),
+        rows.map((_, k) => k),
+      ],
+    );
+    const seqOf = new Map(inserted.rows.map((r) => [r.id, r.seq]));
+    const add = new Map<string, RecipientTally>();
+    for (const i of admitted) {
+      for (const t of (jobs[i] as EnqueueJob).tallies) {
+        const key = deviceRowId(t.userId, t.deviceId);
+        const a = add.get(key);
+        if (a === undefined) add.set(key, { ...t });
+        else {
+          a.count += t.count;
+          a.bytes += t.bytes;
         }
       }
-      // ORDER BY each envelope's index in the call: seq values are drawn in call order.
-      const inserted = await c.query<{ seq: number; id: string }>(
-        `INSERT INTO envelopes (id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id,
-           created_at, size, body)
-         SELECT id, ru, rd, su, sd, $9, size, body
-           FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::int[], $6::int[], $7::bytea[], $8::int[])
-             AS t(id, ru, rd, su, sd, size, body, ord)
-           ORDER BY ord
-         RETURNING seq, id`,
-        [
-          sealed.map((x) => x.id),
-          sealed.map((x) => x.e.recipientUserId),
-          sealed.map((x) => x.e.recipientDeviceId),
-          sealed.map((x) => x.e.senderUserId),
-          sealed.map((x) => x.e.senderDeviceId),
-          sealed.map((x) => x.e.body.length),
-          sealed.map((x) => x.body),
-          sealed.map((_, i) => i),
-          now,
-        ],
+    }
+    const adds = [...add.values()];
+    await c.query(
+      `UPDATE devices d SET queued_count = d.queued_count + t.n, queued_bytes = d.queued_bytes + t.b
+         FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS t(u, dv, n, b)
+         WHERE d.user_id = t.u AND d.device_id = t.dv`,
+      [
+        adds.map((t) => t.userId),
+        adds.map((t) => t.deviceId),
+        adds.map((t) => t.count),
+        adds.map((t) => t.bytes),
+      ],
+    );
+    for (const i of admitted) {
+      out[i] = {
+        ok: true,
+        value: (jobs[i] as EnqueueJob).envelopes.map(
+          ({ e, id }): EnvelopeReceipt => ({
+            id,
+            seq: seqOf.get(id)!,
+            recipientUserId: e.recipientUserId,
+            recipientDeviceId: e.recipientDeviceId,
+          }),
+        ),
+      };
+    }
+    return out;
+  }
+
+  /**
+   * Admits one enqueue against the locked rows' counters (and adds it to them), or returns
+   * why not: DEVICE_NOT_FOUND, or MAILBOX_FULL once the full queues' expired envelopes are
+   * purged (expired envelopes still count until then). Those purges run in a SAVEPOINT
+   * that a refusal rolls back, with the counters, so a refused request changes nothing.
+   */
+  async #admit(
+    c: Client,
+    job: EnqueueJob,
+    queued: Map<string, Queued>,
+    noneExpired: Set<string>,
+  ): Promise<ServerError | undefined> {
+    let savepoint = false;
+    const before = new Map<string, Queued>();
+    let refusal: ServerError | undefined;
+    for (const t of job.tallies) {
+      const key = deviceRowId(t.userId, t.deviceId);
+      const q = queued.get(key);
+      if (q === undefined) {
+        refusal = deviceNotFound(t.userId, t.deviceId);
+        break;
+      }
+      if (fitsQueueLimits(this.#limits, q, t)) continue;
+      if (!noneExpired.has(key)) {
+        if (!savepoint) {
+          await c.query('SAVEPOINT mailbox_purge');
+          savepoint = true;
+        }
+        const freed = await this.#purge(c, job.now, t.userId, t.deviceId);
+        if (freed.count === 0) noneExpired.add(key);
+        else {
+          if (!before.has(key)) before.set(key, { ...q });
+          q.queued_count -= freed.count;
+          q.queued_bytes -= freed.bytes;
+        }
+        if (fitsQueueLimits(this.#limits, q, t)) continue;
+      }
+      refusal = new ServerError(
+        'MAILBOX_FULL',
+        `the mailbox of user ${t.userId} device ${t.deviceId} is full (${q.queued_count} envelopes, ${q.queued_bytes} bytes)`,
       );
-      const seqOf = new Map(inserted.rows.map((r) => [r.id, r.seq]));
-      await c.query(
-        `UPDATE devices d SET queued_count = d.queued_count + t.n, queued_bytes = d.queued_bytes + t.b
-           FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[]) AS t(u, dv, n, b)
-           WHERE d.user_id = t.u AND d.device_id = t.dv`,
-        [
-          tallies.map((t) => t.userId),
-          tallies.map((t) => t.deviceId),
-          tallies.map((t) => t.count),
-          tallies.map((t) => t.bytes),
-        ],
-      );
-      return sealed.map(
-        ({ e, id }): EnvelopeReceipt => ({
-          id,
-          seq: seqOf.get(id)!,
-          recipientUserId: e.recipientUserId,
-          recipientDeviceId: e.recipientDeviceId,
-        }),
-      );
-    });
+      break;
+    }
+    if (refusal !== undefined) {
+      if (savepoint) {
+        await c.query('ROLLBACK TO SAVEPOINT mailbox_purge');
+        await c.query('RELEASE SAVEPOINT mailbox_purge');
+        for (const [key, q] of before) queued.set(key, q);
+      }
+      return refusal;
+    }
+    if (savepoint) await c.query('RELEASE SAVEPOINT mailbox_purge');
+    for (const t of job.tallies) {
+      const q = queued.get(deviceRowId(t.userId, t.deviceId))!;
+      q.queued_count += t.count;
+      q.queued_bytes += t.bytes;
+    }
+    return undefined;
   }
 
   /**
@@ -1282,33 +1614,6 @@ export class PostgresStorage implements Storage {
     // A device's envelopes are deleted with it, so only an empty page needs the device check.
     if (r.rows.length === 0) await this.#deviceExists(userId, deviceId);
     return r.rows.map((row) => openEnvelope(this.#sealer, row));
-  }
-
-  async ackEnvelopes(userId: string, deviceId: number, ids: readonly string[]): Promise<number> {
-    checkUserId('userId', userId);
-    checkDeviceId('deviceId', deviceId);
-    const list = [...new Set(checkEnvelopeIds('ids', ids))];
-    return this.#tx(async (c) => {
-      // The device row before its envelopes, as enqueue's purge takes them.
-      const dev = await c.query('SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR UPDATE', [
-        userId,
-        deviceId,
-      ]);
-      if (dev.rowCount === 0) throw deviceNotFound(userId, deviceId);
-      if (list.length === 0) return 0;
-      // The recipient columns in the WHERE clause make another device's ids a no-op.
-      const r = await c.query<{ n: number }>(
-        `WITH del AS (
-           DELETE FROM envelopes WHERE id = ANY($3::text[]) AND recipient_user_id = $1 AND recipient_device_id = $2
-           RETURNING size),
-         sums AS (SELECT count(*) AS n, coalesce(sum(size), 0)::bigint AS b FROM del)
-         UPDATE devices SET queued_count = queued_count - sums.n, queued_bytes = queued_bytes - sums.b
-           FROM sums WHERE user_id = $1 AND device_id = $2
-         RETURNING sums.n AS n`,
-        [userId, deviceId, list],
-      );
-      return r.rows[0]?.n ?? 0;
-    });
   }
 
   /** Throws DEVICE_NOT_FOUND unless the device exists. */
