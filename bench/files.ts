@@ -19,10 +19,12 @@
  * call per 64 KiB segment, as the client seals files) for about a second. JSON fields:
  * uploadMBps, downloadMBps (MB = 10^6 bytes of plaintext per second), rangeReadMs,
  * aesGcmMBps, uploadRatio and downloadRatio (each rate over aesGcmMBps; target ≥ 0.25),
- * fileMiB. Every temporary file and directory is removed at the end.
+ * fileMiB, and uploadCpuMsPerMiB / downloadCpuMsPerMiB ({ client, server }: CPU milliseconds
+ * per MiB of plaintext each process used in that phase, every thread counted; the server's
+ * from /proc, so Linux only). Every temporary file and directory is removed at the end.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createReadStream, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createReadStream, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -64,15 +66,60 @@ async function startServer(
   });
   const line = await new Promise<string>((resolveLine, reject) => {
     let out = '';
+    let found = false;
     child.stdout!.on('data', (c: Buffer) => {
+      if (found) return;
       out += c.toString();
-      const nl = out.indexOf('\n');
-      if (nl >= 0) resolveLine(out.slice(0, nl));
+      // The first JSON line (a flag such as --trace-gc may print lines of its own before it).
+      for (let nl = out.indexOf('\n'); nl >= 0; nl = out.indexOf('\n')) {
+        const line = out.slice(0, nl);
+        out = out.slice(nl + 1);
+        if (line.startsWith('{')) {
+          found = true;
+          resolveLine(line);
+          return;
+        }
+      }
     });
     child.once('exit', (code) => reject(new Error(`server exited (${code}): ${err.slice(0, 500)}`)));
   });
   const started = JSON.parse(line) as { listening: string; pin: string };
   return { child, listening: started.listening, pin: started.pin };
+}
+
+/**
+ * CPU seconds (user + system, every thread) the server process has used so far, from
+ * /proc/<pid>/stat (Linux); undefined elsewhere. With the client's own process.cpuUsage it
+ * says where a transfer's time goes even on a machine that other work keeps busy.
+ */
+function serverCpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU use of both processes over a phase, in milliseconds per MiB of plaintext. */
+function cpuMeter(pid: number | undefined, mib: number): () => { client: number; server?: number } {
+  const c0 = process.cpuUsage();
+  const s0 = serverCpuSeconds(pid);
+  return () => {
+    const c = process.cpuUsage(c0);
+    const s1 = serverCpuSeconds(pid);
+    return {
+      client: (c.user + c.system) / 1000 / mib,
+      ...(s0 === undefined || s1 === undefined ? {} : { server: ((s1 - s0) * 1000) / mib }),
+    };
+  };
+}
+
+function cpuText(c: { client: number; server?: number }): string {
+  return `CPU ms/MiB client ${c.client.toFixed(2)}${c.server === undefined ? '' : `, server ${c.server.toFixed(2)}`}`;
 }
 
 /** AES-256-GCM over 64 KiB segments, MB (10^6 bytes) per second, for about `seconds`. */
@@ -170,20 +217,26 @@ export async function run(argv: readonly string[]): Promise<void> {
         progress(json, `${what} ${pct}%`);
       };
     };
+    let cpu = cpuMeter(child.pid, plainBytes / MIB);
     let t0 = performance.now();
     const sent = await client.sendFile({ to: client.userName }, source, { onProgress: show('uploading') });
     const uploadSecs = (performance.now() - t0) / 1000;
     progress(json, '');
     const uploadMBps = plainBytes / 1e6 / uploadSecs;
-    log(`  upload        ${uploadMBps.toFixed(0)} MB/s (${uploadSecs.toFixed(2)} s)`);
+    const uploadCpu = cpu();
+    log(`  upload        ${uploadMBps.toFixed(0)} MB/s (${uploadSecs.toFixed(2)} s; ${cpuText(uploadCpu)})`);
 
     const out = join(work, 'download.bin');
+    cpu = cpuMeter(child.pid, plainBytes / MIB);
     t0 = performance.now();
     await client.getFile(sent.fileId, out, { onProgress: show('downloading') });
     const downloadSecs = (performance.now() - t0) / 1000;
     progress(json, '');
     const downloadMBps = plainBytes / 1e6 / downloadSecs;
-    log(`  download      ${downloadMBps.toFixed(0)} MB/s (${downloadSecs.toFixed(2)} s)`);
+    const downloadCpu = cpu();
+    log(
+      `  download      ${downloadMBps.toFixed(0)} MB/s (${downloadSecs.toFixed(2)} s; ${cpuText(downloadCpu)})`,
+    );
     if (statSync(out).size !== plainBytes) throw new Error('the downloaded file has another size');
     if (mib <= 64 && (await fileSha256(out)) !== (await fileSha256(source))) {
       throw new Error('the downloaded file differs from the source');
@@ -215,6 +268,8 @@ export async function run(argv: readonly string[]): Promise<void> {
       aesGcmMBps: aes,
       uploadRatio: uploadMBps / aes,
       downloadRatio: downloadMBps / aes,
+      uploadCpuMsPerMiB: uploadCpu,
+      downloadCpuMsPerMiB: downloadCpu,
       targetRatio: TARGET_RATIO,
     };
     log(

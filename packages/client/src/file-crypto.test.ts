@@ -15,6 +15,7 @@ import {
   SegmentOpener,
   sealedOffset,
   sealSegment,
+  sealSegmentsInto,
   segmentCount,
 } from './file-crypto.js';
 
@@ -79,6 +80,46 @@ describe('file encryption format', () => {
         ).toBe(true);
       }
     }
+  });
+
+  it('seals a run of segments into one buffer exactly as segment by segment', () => {
+    const key = randomBytes(32);
+    for (const size of [0, 1, S, 3 * S, 3 * S + 5]) {
+      const plain = randomBytes(size);
+      const each = seal(key, plain);
+      const last = segmentCount(size) - 1;
+      // Every run [first, end) of the file's segments, as the upload seals its blocks.
+      for (let first = 0; first <= last; first++) {
+        for (let end = first + 1; end <= last + 1; end++) {
+          const from = plainRange(first, size).start;
+          const to = plainRange(end - 1, size).end;
+          const out = new Uint8Array(to - from + (end - first) * 16);
+          sealSegmentsInto(key, first, last, plain.subarray(from, to), out);
+          expect(
+            Buffer.from(out).equals(Buffer.from(concat(each.slice(first, end)))),
+            `${size} ${first}-${end}`,
+          ).toBe(true);
+        }
+      }
+    }
+    // Refused: a wrong output length, a short segment that is not the file's last, a run past the end.
+    const p = randomBytes(2 * S);
+    expect(() => sealSegmentsInto(key, 0, 1, p, new Uint8Array(2 * S + 31))).toThrow(/wrong length/);
+    expect(() => sealSegmentsInto(key, 0, 5, p.subarray(0, S + 1), new Uint8Array(S + 33))).toThrow(
+      /wrong length/,
+    );
+    expect(() => sealSegmentsInto(key, 1, 1, p, new Uint8Array(2 * S + 32))).toThrow(/wrong length/);
+  });
+
+  it('returns plaintext that does not alias the ciphertext it was given', () => {
+    const key = randomBytes(32);
+    const plain = randomBytes(2 * S + 3);
+    const sealed = concat(seal(key, plain));
+    const o = new SegmentOpener(key, plain.length);
+    const got = o.push(sealed);
+    sealed.fill(0);
+    o.finish();
+    expect(Buffer.from(concat(got)).equals(Buffer.from(plain))).toBe(true);
   });
 
   it('gives the same bytes when a segment is sealed again (so a resumed upload can re-seal)', () => {

@@ -19,6 +19,7 @@ import {
   AES256_KEY_LEN,
   aes256GcmDecrypt,
   aes256GcmEncrypt,
+  aes256GcmEncryptInto,
   GCM_NONCE_LEN,
   GCM_TAG_LEN,
 } from '@qalqon/crypto';
@@ -63,16 +64,22 @@ export function plainRange(index: number, plainSize: number): { start: number; e
   return { start, end: Math.min(plainSize, start + FILE_SEGMENT_BYTES) };
 }
 
+/** Writes `index` (a safe integer) as a big-endian uint64 at `at` (without a BigInt per call). */
+function setUint64(view: DataView, at: number, index: number): void {
+  view.setUint32(at, Math.floor(index / 2 ** 32));
+  view.setUint32(at + 4, index >>> 0);
+}
+
 function nonceOf(index: number): Uint8Array {
   const n = new Uint8Array(GCM_NONCE_LEN);
-  new DataView(n.buffer).setBigUint64(4, BigInt(index));
+  setUint64(new DataView(n.buffer), 4, index);
   return n;
 }
 
 function aadOf(index: number, final: boolean): Uint8Array {
   const a = new Uint8Array(DOMAIN.length + 9);
   a.set(DOMAIN);
-  new DataView(a.buffer).setBigUint64(DOMAIN.length, BigInt(index));
+  setUint64(new DataView(a.buffer), DOMAIN.length, index);
   a[DOMAIN.length + 8] = final ? 1 : 0;
   return a;
 }
@@ -95,6 +102,48 @@ export function sealSegment(
     throw new ClientError('INVALID_ARGUMENT', 'a file segment has the wrong length');
   }
   return aes256GcmEncrypt(key, nonceOf(index), plaintext, aadOf(index, final));
+}
+
+/**
+ * Seals the consecutive segments `first`, `first + 1`, … whose plaintext is `plain` (it
+ * starts at segment `first`'s first byte; every segment in it is whole, except the file's
+ * last segment, which ends it) into `out`, back to back: exactly what `sealSegment` gives
+ * for each, without a new array per segment. `out` must hold ciphertextSize-many bytes:
+ * plain.length + 16 per segment. `lastOfFile` is the file's last segment index.
+ */
+export function sealSegmentsInto(
+  key: Uint8Array,
+  first: number,
+  lastOfFile: number,
+  plain: Uint8Array,
+  out: Uint8Array,
+): void {
+  checkKey(key);
+  const count = Math.max(1, Math.ceil(plain.length / FILE_SEGMENT_BYTES));
+  if (
+    !Number.isSafeInteger(first) ||
+    first < 0 ||
+    first + count - 1 > lastOfFile ||
+    out.length !== plain.length + count * GCM_TAG_LEN ||
+    (first + count - 1 !== lastOfFile && plain.length !== count * FILE_SEGMENT_BYTES)
+  ) {
+    throw new ClientError('INVALID_ARGUMENT', 'file segments of the wrong length or place');
+  }
+  const nonce = new Uint8Array(GCM_NONCE_LEN);
+  const nonceView = new DataView(nonce.buffer);
+  const aad = new Uint8Array(DOMAIN.length + 9);
+  aad.set(DOMAIN);
+  const aadView = new DataView(aad.buffer);
+  for (let k = 0; k < count; k++) {
+    const index = first + k;
+    setUint64(nonceView, 4, index);
+    setUint64(aadView, DOMAIN.length, index);
+    aad[DOMAIN.length + 8] = index === lastOfFile ? 1 : 0;
+    const from = k * FILE_SEGMENT_BYTES;
+    const piece = plain.subarray(from, Math.min(plain.length, from + FILE_SEGMENT_BYTES));
+    const at = k * FILE_SEALED_SEGMENT_BYTES;
+    aes256GcmEncryptInto(key, nonce, piece, aad, out.subarray(at, at + piece.length + GCM_TAG_LEN));
+  }
 }
 
 /** Opens segment `index`; FILE_INVALID if it does not authenticate at that place. */
@@ -122,8 +171,9 @@ export class SegmentOpener {
   readonly #lastOfFile: number;
   readonly #last: number;
   #next: number;
-  #pending: Buffer[] = [];
-  #pendingBytes = 0;
+  /** The bytes of segment `next` received so far (one buffer, reused for every segment). */
+  #partial: Uint8Array | undefined;
+  #partialBytes = 0;
 
   constructor(key: Uint8Array, plainSize: number, first = 0, last = segmentCount(plainSize) - 1) {
     checkKey(key);
@@ -151,38 +201,51 @@ export class SegmentOpener {
     return r.end - r.start + GCM_TAG_LEN;
   }
 
+  #open(sealed: Uint8Array): Uint8Array {
+    const index = this.#next;
+    const plain = openSegment(this.#key, index, index === this.#lastOfFile, sealed);
+    this.#next++;
+    return plain;
+  }
+
+  /**
+   * Takes the next `chunk` of ciphertext; returns the plaintext of the segments it
+   * completed (each verified; new arrays, never views of `chunk`). A segment that lies
+   * whole in `chunk` is opened where it is; one split across chunks is gathered first.
+   */
   push(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
-    if (chunk.length === 0) return out;
-    if (this.done) {
-      throw new ClientError('FILE_INVALID', 'the server sent more bytes than the file holds');
-    }
-    this.#pending.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
-    this.#pendingBytes += chunk.length;
-    while (!this.done && this.#pendingBytes >= this.#sealedLength(this.#next)) {
+    let off = 0;
+    while (off < chunk.length) {
+      if (this.done) {
+        throw new ClientError('FILE_INVALID', 'the server sent more bytes than the file holds');
+      }
       const need = this.#sealedLength(this.#next);
-      const all = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending);
-      const sealed = all.subarray(0, need);
-      out.push(openSegment(this.#key, this.#next, this.#next === this.#lastOfFile, sealed));
-      const rest = all.subarray(need);
-      this.#pending = rest.length > 0 ? [rest] : [];
-      this.#pendingBytes = rest.length;
-      this.#next++;
-    }
-    if (this.done && this.#pendingBytes > 0) {
-      throw new ClientError('FILE_INVALID', 'the server sent more bytes than the file holds');
+      if (this.#partialBytes === 0 && chunk.length - off >= need) {
+        out.push(this.#open(chunk.subarray(off, off + need)));
+        off += need;
+        continue;
+      }
+      this.#partial ??= new Uint8Array(FILE_SEALED_SEGMENT_BYTES);
+      const n = Math.min(need - this.#partialBytes, chunk.length - off);
+      this.#partial.set(chunk.subarray(off, off + n), this.#partialBytes);
+      this.#partialBytes += n;
+      off += n;
+      if (this.#partialBytes === need) {
+        this.#partialBytes = 0;
+        out.push(this.#open(this.#partial.subarray(0, need)));
+      }
     }
     return out;
   }
 
   /** Drops a partial segment (its bytes come again after a resumed download). */
   dropPartial(): void {
-    this.#pending = [];
-    this.#pendingBytes = 0;
+    this.#partialBytes = 0;
   }
 
   finish(): void {
-    if (!this.done || this.#pendingBytes !== 0) {
+    if (!this.done || this.#partialBytes !== 0) {
       throw new ClientError('FILE_INVALID', 'the downloaded file ends early (it was truncated)');
     }
   }

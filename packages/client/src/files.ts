@@ -23,7 +23,7 @@ import { constants as fsConstants, type Stats } from 'node:fs';
 import { type FileHandle, lstat, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
-import { AES256_KEY_LEN, constantTimeEqual, randomBytes } from '@qalqon/crypto';
+import { AES256_KEY_LEN, constantTimeEqual, GCM_TAG_LEN, randomBytes } from '@qalqon/crypto';
 import { FileStatus, isWireError, OkResponse } from '@qalqon/wire';
 import { ClientError } from './errors.js';
 import {
@@ -34,7 +34,7 @@ import {
   plainRange,
   SegmentOpener,
   sealedOffset,
-  sealSegment,
+  sealSegmentsInto,
   segmentCount,
 } from './file-crypto.js';
 import type { ServerConnection } from './transport.js';
@@ -52,10 +52,14 @@ export const UPLOAD_PART_BYTES = 256 * 1024 * 1024;
 export const TRANSFER_ATTEMPTS = 5;
 /** The wait before the first retry; doubled for each further one. */
 const RETRY_BASE_MS = 250;
-/** Plaintext bytes read from the source at once. */
-const READ_BLOCK_BYTES = 16 * FILE_SEGMENT_BYTES;
+/** Segments read from the source, hashed and sealed at once (4 MiB of plaintext). */
+const READ_BLOCK_SEGMENTS = 64;
 /** Plaintext bytes a download collects before writing them out. */
 const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
+/** Batches a download may have queued for writing before it stops taking more from the socket. */
+const WRITES_IN_FLIGHT = 4;
+/** A download syncs its temporary file after each this many bytes written. */
+const SYNC_EVERY_BYTES = 64 * 1024 * 1024;
 /** Largest image a thumbnail is made of: bytes, and pixels (width × height) by its header. */
 export const THUMBNAIL_MAX_SOURCE_BYTES = 32 * 1024 * 1024;
 export const THUMBNAIL_MAX_SOURCE_PIXELS = 40_000_000;
@@ -103,8 +107,11 @@ export interface SourceFile {
   readonly size: number;
   /** Its first (up to) 64 bytes, for `sniffMime`. */
   readonly head: Uint8Array;
-  /** Exactly `length` bytes at `position`; FILE_CHANGED if the source changed meanwhile. */
-  read(position: number, length: number): Promise<Uint8Array>;
+  /**
+   * Exactly `length` bytes at `position`; FILE_CHANGED if the source changed meanwhile.
+   * With `into` (at least `length` bytes) they are read into it and a view of it returned.
+   */
+  read(position: number, length: number, into?: Uint8Array): Promise<Uint8Array>;
   /** FILE_CHANGED unless the source is as it was when opened. */
   checkUnchanged(): Promise<void>;
   close(): Promise<void>;
@@ -143,8 +150,9 @@ export async function openSource(path: string): Promise<SourceFile> {
         throw changed();
       }
     };
-    const read = async (position: number, length: number) => {
-      const buf = new Uint8Array(length);
+    const read = async (position: number, length: number, into?: Uint8Array) => {
+      const buf =
+        into !== undefined && into.length >= length ? into.subarray(0, length) : new Uint8Array(length);
       let got = 0;
       while (got < length) {
         const { bytesRead } = await handle.read(buf, got, length - got, position + got);
@@ -170,9 +178,11 @@ export function memorySource(bytes: Uint8Array): SourceFile {
   return {
     size: copy.length,
     head: copy.subarray(0, 64),
-    read: async (position, length) => {
+    read: async (position, length, into) => {
       if (position < 0 || position + length > copy.length) throw changed();
-      return copy.slice(position, position + length);
+      if (into === undefined || into.length < length) return copy.slice(position, position + length);
+      into.set(copy.subarray(position, position + length));
+      return into.subarray(0, length);
     },
     checkUnchanged: async () => undefined,
     close: async () => undefined,
@@ -195,8 +205,11 @@ export function sniffMime(head: Uint8Array): string {
 // --- upload ----------------------------------------------------------------------------------
 
 /**
- * The sealed bytes [from, to) of the ciphertext of `src` under `key`, in segment-sized
- * pieces. Feeds the plaintext of every segment not yet hashed to `hash` (in order, once).
+ * The sealed bytes [from, to) of the ciphertext of `src` under `key`, one piece per block
+ * of up to READ_BLOCK_SEGMENTS segments (each block's segments sealed back to back into one
+ * buffer, so the socket gets one large write per block). Feeds the plaintext of every
+ * segment not yet hashed to `hash` (in order, once). The next block is read from disk while
+ * this one is hashed, sealed and sent.
  */
 async function* sealedStream(
   src: SourceFile,
@@ -207,42 +220,58 @@ async function* sealedStream(
   onSent: (bytes: number) => void,
 ): AsyncGenerator<Uint8Array> {
   const count = segmentCount(src.size);
+  const lastOfFile = count - 1;
   const first = Math.floor(from / FILE_SEALED_SEGMENT_BYTES);
-  let block: { start: number; bytes: Uint8Array } | undefined;
-  // The block after the current one, read while this one is sealed and sent.
-  let ahead: { start: number; bytes: Promise<Uint8Array> } | undefined;
-  const readBlock = (start: number) => {
-    const bytes = src.read(start, Math.min(READ_BLOCK_BYTES, src.size - start));
+  const last = Math.min(lastOfFile, Math.floor((to - 1) / FILE_SEALED_SEGMENT_BYTES));
+  // Blocks of segments [s, e): the plaintext bytes read for them, into one of two buffers
+  // that take turns (the block being hashed and sealed, and the next one being read).
+  const spare: Uint8Array[] = [];
+  const readBlock = (s: number, e: number) => {
+    const start = plainRange(s, src.size).start;
+    const into = spare.pop() ?? new Uint8Array(Math.min(src.size, READ_BLOCK_SEGMENTS * FILE_SEGMENT_BYTES));
+    const bytes = src.read(start, plainRange(e - 1, src.size).end - start, into);
     bytes.catch(() => undefined);
-    return { start, bytes };
+    return { s, e, bytes, into };
   };
-  const plainOf = async (i: number): Promise<Uint8Array> => {
-    const r = plainRange(i, src.size);
-    if (!block || r.start < block.start || r.end > block.start + block.bytes.length) {
-      const next = ahead?.start === r.start ? ahead : readBlock(r.start);
-      block = { start: r.start, bytes: await next.bytes };
-      const after = r.start + block.bytes.length;
-      // (At the end of a PUT this reads one block in vain: the next PUT starts its own.)
-      ahead = after < src.size ? readBlock(after) : undefined;
+  /** Gives a block's buffer back once its bytes are hashed and sealed (both synchronous). */
+  const done = (into: Uint8Array) => {
+    if (spare.length < 2) spare.push(into);
+  };
+  let ahead: ReturnType<typeof readBlock> | undefined;
+  /** Segments [s, min(s + per block, end)) and the read of the next block of the same run. */
+  const block = async (s: number, end: number) => {
+    const e = Math.min(end, s + READ_BLOCK_SEGMENTS);
+    let cur = ahead;
+    if (cur?.s !== s || cur.e !== e) {
+      // (Not the block read ahead: that read may still be writing into its buffer, which is
+      // therefore never reused.)
+      cur = readBlock(s, e);
     }
-    return block.bytes.subarray(r.start - block.start, r.end - block.start);
+    ahead = e < end ? readBlock(e, Math.min(end, e + READ_BLOCK_SEGMENTS)) : undefined;
+    return { e, plain: await cur.bytes, into: cur.into };
   };
   // Segments the server claims to hold but this attempt never read: hashed all the same.
-  for (let i = hash.segments; i < first; i++) {
-    hash.update(await plainOf(i));
-    hash.segments++;
+  for (let s = hash.segments; s < first; ) {
+    const { e, plain, into } = await block(s, first);
+    hash.update(plain);
+    hash.segments = e;
+    done(into);
+    s = e;
   }
-  for (let i = first; i < count && sealedOffset(i) < to; i++) {
-    const plain = await plainOf(i);
-    if (i === hash.segments) {
-      hash.update(plain);
-      hash.segments++;
+  for (let s = first; s <= last; ) {
+    const { e, plain, into } = await block(s, last + 1);
+    if (hash.segments >= s && hash.segments < e) {
+      hash.update(plain.subarray((hash.segments - s) * FILE_SEGMENT_BYTES));
+      hash.segments = e;
     }
-    const sealed = sealSegment(key, i, i === count - 1, plain);
-    const start = sealedOffset(i);
-    const piece = sealed.subarray(Math.max(0, from - start), Math.min(sealed.length, to - start));
+    const sealed = Buffer.allocUnsafe(plain.length + (e - s) * GCM_TAG_LEN);
+    sealSegmentsInto(key, s, lastOfFile, plain, sealed);
+    done(into);
+    const at = sealedOffset(s);
+    const piece = sealed.subarray(Math.max(0, from - at), Math.min(sealed.length, to - at));
     yield piece;
     onSent(piece.length);
+    s = e;
   }
 }
 
@@ -280,7 +309,8 @@ export async function uploadFile(
             sent += n;
             onProgress?.({ phase, done: sent, total });
           }),
-          { objectMode: false, highWaterMark: 4 * FILE_SEALED_SEGMENT_BYTES },
+          // Two blocks: the next is sealed while the socket still sends the one before.
+          { objectMode: false, highWaterMark: 2 * READ_BLOCK_SEGMENTS * FILE_SEALED_SEGMENT_BYTES },
         );
         const st = await conn.upload(
           `${path}/content`,
@@ -383,7 +413,11 @@ async function fetchSegments(
         }
         try {
           for await (const chunk of dl.body) {
-            for (const plain of opener.push(chunk)) await sink(plain);
+            for (const plain of opener.push(chunk)) {
+              // Most pieces are taken synchronously: no promise to wait for.
+              const pending = sink(plain);
+              if (pending) await pending;
+            }
           }
         } catch (err) {
           if (err instanceof ClientError) throw err;
@@ -428,7 +462,8 @@ export async function downloadFile(
     const opener = new SegmentOpener(file.key, file.size);
     let written = 0;
     // Verified plaintext is written in batches of up to WRITE_BATCH_BYTES, one positional
-    // writev each; one batch is written while the next one is received.
+    // writev each, while the next ones are received (at most WRITES_IN_FLIGHT + 1 batches
+    // in memory).
     let batch: Uint8Array[] = [];
     let batched = 0;
     let writing: Promise<void> = Promise.resolve();
@@ -454,6 +489,14 @@ export async function downloadFile(
         }
       }
     };
+    // Writes run one after another on the thread pool, up to WRITES_IN_FLIGHT batches
+    // queued, so that receiving and decrypting go on while the disk is slow for a moment.
+    // Every SYNC_EVERY_BYTES the data written so far is synced, so the final sync before
+    // the rename has little left to do (one large flush at the end stalls for seconds).
+    let queued = 0;
+    let failure: { error: unknown } | undefined;
+    let unsynced = 0;
+    let drained: (() => void) | undefined;
     const flush = async () => {
       if (batched === 0) return;
       const parts = batch;
@@ -462,21 +505,43 @@ export async function downloadFile(
       batch = [];
       batched = 0;
       written += length;
-      await writing;
-      writing = writeAll(parts, length, at);
-      writing.catch(() => undefined);
+      queued++;
+      writing = writing.then(async () => {
+        try {
+          if (failure) return;
+          await writeAll(parts, length, at);
+          unsynced += length;
+          if (unsynced >= SYNC_EVERY_BYTES) {
+            unsynced = 0;
+            await handle.datasync();
+          }
+        } catch (error) {
+          failure = { error };
+        } finally {
+          queued--;
+          drained?.();
+        }
+      });
+      while (queued > WRITES_IN_FLIGHT && !failure) {
+        await new Promise<void>((r) => {
+          drained = r;
+        });
+        drained = undefined;
+      }
+      if (failure) throw failure.error;
     };
     settle = () => writing.catch(() => undefined);
     onProgress?.({ phase: 'download', done: 0, total });
-    await fetchSegments(conn, file, opener, segmentCount(file.size) - 1, async (plain) => {
+    await fetchSegments(conn, file, opener, segmentCount(file.size) - 1, (plain) => {
       hasher.update(plain);
       batch.push(plain);
       batched += plain.length;
-      if (batched >= WRITE_BATCH_BYTES) await flush();
       onProgress?.({ phase: 'download', done: Math.min(total, sealedOffset(opener.next)), total });
+      return batched >= WRITE_BATCH_BYTES ? flush() : undefined;
     });
     await flush();
     await writing;
+    if (failure) throw failure.error;
     opener.finish();
     if (written !== file.size || !constantTimeEqual(new Uint8Array(hasher.digest()), file.sha256)) {
       throw new ClientError('FILE_INVALID', 'the downloaded file does not match the hash in its message');

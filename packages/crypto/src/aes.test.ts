@@ -87,6 +87,70 @@ describe.each(backends)('AES-256-GCM on the $name backend', (b) => {
   });
 });
 
+describe.each(backends)('aes256GcmEncryptInto on the $name backend', (b) => {
+  const other = b === nodeBackend ? nobleBackend : nodeBackend;
+  const key = b.randomBytes(32);
+  const nonce = b.randomBytes(12);
+  const aad = new TextEncoder().encode('segment 7');
+
+  it('writes exactly what aes256GcmEncrypt returns, at any offset of a larger buffer, and nothing else', () => {
+    for (const n of [0, 1, 15, 16, 17, 1000, 65536]) {
+      const pt = b.randomBytes(n);
+      const big = new Uint8Array(n + 16 + 13 + 7).fill(0xa5);
+      const out = big.subarray(13, 13 + n + 16);
+      b.aes256GcmEncryptInto(key, nonce, pt, aad, out);
+      expect(Buffer.from(out).equals(Buffer.from(b.aes256GcmEncrypt(key, nonce, pt, aad)))).toBe(true);
+      // Differential: the other backend seals the same bytes.
+      expect(Buffer.from(out).equals(Buffer.from(other.aes256GcmEncrypt(key, nonce, pt, aad)))).toBe(true);
+      expect(Buffer.from(other.aes256GcmDecrypt(key, nonce, out, aad)).equals(Buffer.from(pt))).toBe(true);
+      expect(big.subarray(0, 13).every((v) => v === 0xa5)).toBe(true);
+      expect(big.subarray(13 + n + 16).every((v) => v === 0xa5)).toBe(true);
+    }
+  });
+
+  it('treats an absent and an empty AAD alike, and a different AAD does not open', () => {
+    const pt = b.randomBytes(40);
+    const a = new Uint8Array(56);
+    const c = new Uint8Array(56);
+    b.aes256GcmEncryptInto(key, nonce, pt, undefined, a);
+    b.aes256GcmEncryptInto(key, nonce, pt, new Uint8Array(0), c);
+    expect(Buffer.from(a).equals(Buffer.from(c))).toBe(true);
+    expect(Buffer.from(other.aes256GcmDecrypt(key, nonce, a)).equals(Buffer.from(pt))).toBe(true);
+    expectDecryptFailed(() => other.aes256GcmDecrypt(key, nonce, a, aad));
+  });
+
+  it('refuses an output of the wrong length or one that overlaps the plaintext, writing nothing', () => {
+    const buf = new Uint8Array(200).fill(7);
+    const pt = buf.subarray(0, 64);
+    const expectInvalid = (fn: () => void) => {
+      let thrown: unknown;
+      try {
+        fn();
+      } catch (e) {
+        thrown = e;
+      }
+      expect(thrown).toBeInstanceOf(CryptoError);
+      expect((thrown as CryptoError).code).toBe('INVALID_ARGUMENT');
+    };
+    expectInvalid(() => b.aes256GcmEncryptInto(key, nonce, pt, aad, new Uint8Array(79)));
+    expectInvalid(() => b.aes256GcmEncryptInto(key, nonce, pt, aad, new Uint8Array(81)));
+    // In place, and a partial overlap at either end.
+    expectInvalid(() => b.aes256GcmEncryptInto(key, nonce, pt, aad, buf.subarray(0, 80)));
+    expectInvalid(() => b.aes256GcmEncryptInto(key, nonce, pt, aad, buf.subarray(63, 143)));
+    expectInvalid(() =>
+      b.aes256GcmEncryptInto(key, nonce, buf.subarray(100, 164), aad, buf.subarray(30, 110)),
+    );
+    expect(buf.every((v) => v === 7)).toBe(true);
+    expectInvalid(() => b.aes256GcmEncryptInto(key, nonce, pt, aad, 'out' as unknown as Uint8Array));
+    expectInvalid(() => b.aes256GcmEncryptInto(key.subarray(1), nonce, pt, aad, new Uint8Array(80)));
+    // Adjacent but not overlapping is fine.
+    b.aes256GcmEncryptInto(key, nonce, pt, aad, buf.subarray(64, 144));
+    expect(
+      Buffer.from(buf.subarray(64, 144)).equals(Buffer.from(b.aes256GcmEncrypt(key, nonce, pt, aad))),
+    ).toBe(true);
+  });
+});
+
 describe.each(backends)('AES-256-CBC on the $name backend', (b) => {
   const key = b.randomBytes(32);
   const iv = b.randomBytes(16);

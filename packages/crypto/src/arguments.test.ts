@@ -73,6 +73,10 @@ const table: Record<Fn, { readonly args: readonly ArgSpec[]; readonly valid: rea
     args: [b('key', 32), b('nonce', 12), b('plaintext'), b('aad', undefined, true)],
     valid: [marked(32), marked(12), marked(20), marked(5)],
   },
+  aes256GcmEncryptInto: {
+    args: [b('key', 32), b('nonce', 12), b('plaintext'), b('aad', undefined, true), b('out', 36)],
+    valid: [marked(32), marked(12), marked(20), marked(5), new Uint8Array(36)],
+  },
   aes256GcmDecrypt: {
     args: [b('key', 32), b('nonce', 12), b('sealed'), b('aad', undefined, true)],
     valid: [marked(32), marked(12), gcmSealed, marked(5)],

@@ -26,6 +26,7 @@ export const hkdfSha256 = nobleBackend.hkdfSha256;
 export const aes256CbcEncrypt = nobleBackend.aes256CbcEncrypt;
 export const aes256CbcDecrypt = nobleBackend.aes256CbcDecrypt;
 export const aes256GcmEncrypt = nobleBackend.aes256GcmEncrypt;
+export const aes256GcmEncryptInto = nobleBackend.aes256GcmEncryptInto;
 export const aes256GcmDecrypt = nobleBackend.aes256GcmDecrypt;
 export const x25519GenerateKeyPair = nobleBackend.x25519GenerateKeyPair;
 export const x25519PublicKey = nobleBackend.x25519PublicKey;

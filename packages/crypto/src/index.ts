@@ -28,6 +28,7 @@ export const hkdfSha256 = nodeBackend.hkdfSha256;
 export const aes256CbcEncrypt = nodeBackend.aes256CbcEncrypt;
 export const aes256CbcDecrypt = nodeBackend.aes256CbcDecrypt;
 export const aes256GcmEncrypt = nodeBackend.aes256GcmEncrypt;
+export const aes256GcmEncryptInto = nodeBackend.aes256GcmEncryptInto;
 export const aes256GcmDecrypt = nodeBackend.aes256GcmDecrypt;
 export const x25519GenerateKeyPair = nodeBackend.x25519GenerateKeyPair;
 export const x25519PublicKey = nodeBackend.x25519PublicKey;

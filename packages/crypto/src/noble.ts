@@ -35,6 +35,7 @@ import {
   abytes,
   abytesArray,
   aint,
+  anoOverlap,
   aoptionalBytes,
   HKDF_SHA256_MAX_LEN,
   MAX_OUTPUT_LEN,
@@ -168,6 +169,23 @@ function aes256GcmEncrypt(
   return gcm(key, nonce, aad).encrypt(plaintext);
 }
 
+function aes256GcmEncryptInto(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array | undefined,
+  out: Uint8Array,
+): void {
+  abytes('key', key, AES256_KEY_LEN);
+  abytes('nonce', nonce, GCM_NONCE_LEN);
+  abytes('plaintext', plaintext);
+  aoptionalBytes('aad', aad);
+  abytes('out', out, plaintext.length + GCM_TAG_LEN);
+  anoOverlap('out', out, 'plaintext', plaintext);
+  // noble's own output buffers must be 4-byte aligned; a copy keeps any `out` acceptable.
+  out.set(gcm(key, nonce, aad).encrypt(plaintext), 0);
+}
+
 function aes256GcmDecrypt(
   key: Uint8Array,
   nonce: Uint8Array,
@@ -299,6 +317,7 @@ export const nobleBackend: CryptoBackend = Object.freeze({
   aes256CbcEncrypt,
   aes256CbcDecrypt,
   aes256GcmEncrypt,
+  aes256GcmEncryptInto,
   aes256GcmDecrypt,
   x25519GenerateKeyPair,
   x25519PublicKey,

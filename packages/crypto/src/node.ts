@@ -49,6 +49,7 @@ import {
   abytes,
   abytesArray,
   aint,
+  anoOverlap,
   aoptionalBytes,
   HKDF_SHA256_MAX_LEN,
   MAX_OUTPUT_LEN,
@@ -326,6 +327,27 @@ function aes256GcmEncrypt(
   return view(out);
 }
 
+function aes256GcmEncryptInto(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array | undefined,
+  out: Uint8Array,
+): void {
+  abytes('key', key, AES256_KEY_LEN);
+  abytes('nonce', nonce, GCM_NONCE_LEN);
+  abytes('plaintext', plaintext);
+  aoptionalBytes('aad', aad);
+  abytes('out', out, plaintext.length + GCM_TAG_LEN);
+  anoOverlap('out', out, 'plaintext', plaintext);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: GCM_TAG_LEN });
+  if (aad !== undefined && aad.length > 0) cipher.setAAD(aad);
+  // node:crypto always returns new memory from `update`: one copy, but no second allocation.
+  out.set(cipher.update(plaintext), 0);
+  cipher.final();
+  out.set(cipher.getAuthTag(), plaintext.length);
+}
+
 function aes256GcmDecrypt(
   key: Uint8Array,
   nonce: Uint8Array,
@@ -486,6 +508,7 @@ export const nodeBackend: CryptoBackend = Object.freeze({
   aes256CbcEncrypt,
   aes256CbcDecrypt,
   aes256GcmEncrypt,
+  aes256GcmEncryptInto,
   aes256GcmDecrypt,
   x25519GenerateKeyPair,
   x25519PublicKey,

@@ -75,6 +75,19 @@ export interface CryptoBackend {
   /** AES-256-GCM; returns ciphertext ‖ 16-byte tag. Nonce is 12 bytes. An empty `aad` equals none. */
   aes256GcmEncrypt(key: Uint8Array, nonce: Uint8Array, plaintext: Uint8Array, aad?: Uint8Array): Uint8Array;
   /**
+   * AES-256-GCM like `aes256GcmEncrypt`, written into `out` (exactly plaintext.length + 16
+   * bytes: ciphertext ‖ tag) instead of a new array, so that a caller can seal many pieces
+   * into one buffer of its own (a header before, the next piece after). `out` must not
+   * overlap `plaintext`.
+   */
+  aes256GcmEncryptInto(
+    key: Uint8Array,
+    nonce: Uint8Array,
+    plaintext: Uint8Array,
+    aad: Uint8Array | undefined,
+    out: Uint8Array,
+  ): void;
+  /**
    * Input is ciphertext ‖ tag. Throws CryptoError code DECRYPT_FAILED when authentication
    * fails, including when `sealed` is shorter than a tag (what a truncated message looks like).
    */

@@ -76,3 +76,16 @@ export function aint(label: string, value: unknown, min: number, max: number): n
   }
   return value;
 }
+
+/**
+ * Throws INVALID_ARGUMENT when `out` shares any byte with `input` (an output written in
+ * place over its own input would be read after it was overwritten).
+ */
+export function anoOverlap(outLabel: string, out: Uint8Array, inLabel: string, input: Uint8Array): void {
+  if (out.length === 0 || input.length === 0 || out.buffer !== input.buffer) return;
+  const a = out.byteOffset;
+  const b = input.byteOffset;
+  if (a < b + input.length && b < a + out.length) {
+    throw new CryptoError('INVALID_ARGUMENT', `"${outLabel}" must not overlap "${inLabel}"`);
+  }
+}

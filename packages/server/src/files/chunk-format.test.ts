@@ -75,6 +75,22 @@ describe('chunk format', () => {
     expect(() => sealChunk(key, layout, 3, randomBytes(1))).toThrow(ServerError);
     expect(() => sealChunk(randomBytes(16), layout, 0, plain[0]!)).toThrow(ServerError);
   });
+
+  it('seals into a caller’s buffer (reused between chunks) exactly as into a new one', () => {
+    const out = new Uint8Array(CS + CHUNK_OVERHEAD).fill(0x5a);
+    for (const i of [0, 1]) {
+      const got = sealChunk(key, layout, i, plain[i]!, out);
+      expect(got).toBe(out);
+      expect(new Uint8Array(openChunk(key, layout, i, out))).toEqual(plain[i]);
+    }
+    // The last (short) chunk needs a buffer of its own length; a wrong length is refused untouched.
+    const before = Uint8Array.from(out);
+    expect(() => sealChunk(key, layout, 2, plain[2]!, out)).toThrow(/"out" expected 129 bytes/);
+    expect(out).toEqual(before);
+    const short = new Uint8Array(100 + CHUNK_OVERHEAD);
+    sealChunk(key, layout, 2, plain[2]!, short);
+    expect(new Uint8Array(openChunk(key, layout, 2, short))).toEqual(plain[2]);
+  });
 });
 
 describe('byte ranges', () => {

@@ -26,7 +26,7 @@
 import {
   AES256_KEY_LEN,
   aes256GcmDecrypt,
-  aes256GcmEncrypt,
+  aes256GcmEncryptInto,
   CryptoError,
   GCM_NONCE_LEN,
   GCM_TAG_LEN,
@@ -75,12 +75,18 @@ function corrupt(layout: ChunkLayout, index: number, why: string): ServerError {
   return new ServerError('FILE_CORRUPT', `chunk ${index} of file ${layout.fileId} ${why}`);
 }
 
-/** Seals chunk `index` of a file under its data key. `plaintext` must be exactly the chunk's length. */
+/**
+ * Seals chunk `index` of a file under its data key. `plaintext` must be exactly the chunk's
+ * length. With `out` (exactly CHUNK_OVERHEAD bytes longer than the plaintext, not
+ * overlapping it) the stored chunk is written there and `out` returned, so that a caller
+ * can reuse its buffers; otherwise into a new one.
+ */
 export function sealChunk(
   key: Uint8Array,
   layout: ChunkLayout,
   index: number,
   plaintext: Uint8Array,
+  out?: Uint8Array,
 ): Uint8Array {
   if (key.length !== AES256_KEY_LEN) throw new ServerError('INVALID_ARGUMENT', '"key" expected 32 bytes');
   const expected = chunkLength(layout, index);
@@ -90,13 +96,16 @@ export function sealChunk(
       `"plaintext" expected ${expected} bytes for chunk ${index}, got length=${plaintext.length}`,
     );
   }
+  if (out !== undefined && out.length !== CHUNK_OVERHEAD + expected) {
+    throw new ServerError('INVALID_ARGUMENT', `"out" expected ${CHUNK_OVERHEAD + expected} bytes`);
+  }
   const nonce = publicRandomBytes(GCM_NONCE_LEN);
-  const sealed = aes256GcmEncrypt(key, nonce, plaintext, chunkAad(layout, index));
-  const out = Buffer.allocUnsafe(1 + GCM_NONCE_LEN + sealed.length);
-  out[0] = CHUNK_FORMAT_V1;
-  out.set(nonce, 1);
-  out.set(sealed, 1 + GCM_NONCE_LEN);
-  return out;
+  // One buffer for the whole stored chunk: the ciphertext and tag are sealed into place.
+  const stored = out ?? Buffer.allocUnsafe(CHUNK_OVERHEAD + expected);
+  aes256GcmEncryptInto(key, nonce, plaintext, chunkAad(layout, index), stored.subarray(1 + GCM_NONCE_LEN));
+  stored[0] = CHUNK_FORMAT_V1;
+  stored.set(nonce, 1);
+  return stored;
 }
 
 /** Opens chunk `index` of a file; FILE_CORRUPT unless it is exactly that chunk, unaltered. */

@@ -26,7 +26,14 @@ import type { Kms, WrappedKey } from '../kms/kms.js';
 import { newId } from '../storage/sealed-rows.js';
 import type { FileRecipients, NewFileChunk, Storage, StoredFile } from '../storage/types.js';
 import { aint, aobject } from '../validate.js';
-import { type ChunkLayout, chunkLength, FILE_CHUNK_BYTES, openChunk, sealChunk } from './chunk-format.js';
+import {
+  CHUNK_OVERHEAD,
+  type ChunkLayout,
+  chunkLength,
+  FILE_CHUNK_BYTES,
+  openChunk,
+  sealChunk,
+} from './chunk-format.js';
 
 /** The file limits a service runs with (config.json `files`). */
 export interface FileServiceLimits {
@@ -200,12 +207,18 @@ export class FileStore {
     let batchBytes = 0;
     let storing: Promise<void> = Promise.resolve();
     let storeError: { error: unknown } | undefined;
+    // Full-size stored-chunk buffers whose batch the storage has taken: sealed into again
+    // (at most two batches' worth exist at once), so an upload allocates no new buffer per
+    // chunk. Only a batch the storage accepted comes back here; a failed one is dropped.
+    const spare: Uint8Array[] = [];
+    const stride = file.chunkSize + CHUNK_OVERHEAD;
     const store = (chunks: NewFileChunk[], bytes: number) => {
       storing = storing.then(async () => {
         if (storeError) return;
         try {
           current = await this.#storage.appendFileChunks(file.id, chunks);
           this.#onBytes('uploaded', bytes);
+          for (const c of chunks) if (c.data.length === stride) spare.push(c.data);
         } catch (error) {
           storeError = { error };
         }
@@ -244,7 +257,12 @@ export class FileStore {
             fill += n;
             off += n;
             if (fill === want) {
-              batch.push({ index, bytes: want, data: sealChunk(key, layout, index, buf.subarray(0, want)) });
+              const out = want === file.chunkSize ? spare.pop() : undefined;
+              batch.push({
+                index,
+                bytes: want,
+                data: sealChunk(key, layout, index, buf.subarray(0, want), out),
+              });
               batchBytes += want;
               index++;
               want = chunkLength(layout, index);
