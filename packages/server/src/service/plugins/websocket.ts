@@ -17,10 +17,11 @@ import type { Duplex } from 'node:stream';
 import { ClientFrame, MAX_FRAME_BYTES, type ServerFrameJson, type WireErrorCode } from '@qalqon/wire';
 import type { FastifyInstance } from 'fastify';
 import { type RawData, WebSocket, WebSocketServer } from 'ws';
+import { isServerError } from '../../errors.js';
 import { describeZodError, toWireFailure } from '../api-error.js';
 import { authorizeFrame } from '../authz.js';
 import { PREKEY_LOW_WATERMARK, type ServiceContext } from '../context.js';
-import { CLOSE_POLICY, CLOSE_UNAUTHENTICATED, type DeviceConnection } from '../hub.js';
+import { CLOSE_POLICY, CLOSE_REMOVED, CLOSE_UNAUTHENTICATED, type DeviceConnection } from '../hub.js';
 import type { SessionIdentity } from '../sessions.js';
 import { sendEnvelopes } from './messages.js';
 
@@ -152,6 +153,11 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
         .then(() => answer)
         .then((emit) => emit())
         .catch((err: unknown) => {
+          if (isServerError(err, 'DEVICE_NOT_FOUND') || isServerError(err, 'USER_NOT_FOUND')) {
+            // Removed meanwhile (perhaps through another node): a removal, not an internal error.
+            conn.close(CLOSE_REMOVED, 'the device was removed');
+            return;
+          }
           ctx.log(`websocket handler failed: ${err instanceof Error ? err.name : 'error'}`);
           conn.close(1011, 'internal error');
         })
@@ -233,6 +239,11 @@ export function attachWebSocket(app: FastifyInstance, ctx: ServiceContext): WebS
       conn.chain = conn.chain
         .then(() => handle(conn, data, isBinary))
         .catch((err: unknown) => {
+          if (isServerError(err, 'DEVICE_NOT_FOUND') || isServerError(err, 'USER_NOT_FOUND')) {
+            // Removed meanwhile (perhaps through another node): a removal, not an internal error.
+            conn.close(CLOSE_REMOVED, 'the device was removed');
+            return;
+          }
           ctx.log(`websocket handler failed: ${err instanceof Error ? err.name : 'error'}`);
           conn.close(1011, 'internal error');
         })
