@@ -121,6 +121,18 @@ export function auditHash(recordBytes: Uint8Array): string {
   return hexOf(sha256(recordBytes));
 }
 
+/**
+ * What the next record chains after: the later of the last stored row and the signed head.
+ * If records were cut from the end, re-signing over the gap would hide it; chaining after
+ * the head keeps it visible. A head at seq 0 names no record.
+ */
+export function auditPredecessor(
+  last: { readonly seq: number; readonly hash: string } | undefined,
+  head: { readonly seq: number; readonly hash: string } | undefined,
+): { readonly seq: number; readonly hash: string } | undefined {
+  return head !== undefined && head.seq > 0 && (last === undefined || head.seq > last.seq) ? head : last;
+}
+
 /** Chains a checked entry after `prev` (undefined for the first record). */
 export function chainAuditRecord(
   prev: { readonly seq: number; readonly hash: string } | undefined,

@@ -1035,10 +1035,37 @@ export function runStorageConformance(backend: string, makeStorage: MakeStorage)
         expect(await s.channelMembers(id)).toEqual([{ userId: a.id, role: 'manager', addedSeq: 0 }]);
         expect(await s.channelMembership(id, a.id)).toEqual({ userId: a.id, role: 'manager', addedSeq: 0 });
         expect(await s.channelMembership(id, 'b'.repeat(32))).toBeUndefined();
+        // A member without devices has nothing to fan out to.
+        expect(await s.channelMemberDevices(id)).toEqual([]);
         const log = await s.channelLog(id);
         expect(log).toEqual([{ seq: 0, change: genesis.change, signature: genesis.signature }]);
         expect(log[0]?.change).toBeInstanceOf(Uint8Array);
         expect(await s.listChannels()).toEqual([ch]);
+      });
+
+      it('lists every device of every member in one read, and nobody else', async () => {
+        const { s } = await fresh();
+        const a = await enrolled(s, 'alice');
+        const b = await enrolled(s, 'bob');
+        const outsider = await enrolled(s, 'mallory');
+        await s.addDevice(b.user.id, newDevice({ identityKey: b.identityKey, name: 'phone' }));
+        const { id } = await newChannel(s, a.user.id);
+        await s.appendChannelChange(id, entryAt(1, 'add bob'), {
+          kind: 'add',
+          userId: b.user.id,
+          role: 'member',
+        });
+        const expected = [
+          { userId: a.user.id, deviceId: 1 },
+          { userId: b.user.id, deviceId: 1 },
+          { userId: b.user.id, deviceId: 2 },
+        ].sort((x, y) => (x.userId < y.userId ? -1 : x.userId > y.userId ? 1 : x.deviceId - y.deviceId));
+        expect(await s.channelMemberDevices(id)).toEqual(expected);
+        expect((await s.channelMemberDevices(id)).some((d) => d.userId === outsider.user.id)).toBe(false);
+        await s.appendChannelChange(id, entryAt(2, 'remove bob'), { kind: 'remove', userId: b.user.id });
+        expect(await s.channelMemberDevices(id)).toEqual([{ userId: a.user.id, deviceId: 1 }]);
+        await rejectsWith(s.channelMemberDevices(channelId()), 'CHANNEL_NOT_FOUND');
+        await rejectsWith(s.channelMemberDevices('not-hex'), 'INVALID_ARGUMENT');
       });
 
       it('refuses a taken id or name, unknown creator or unit, and bad input, creating nothing', async () => {

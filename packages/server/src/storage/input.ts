@@ -209,6 +209,84 @@ export function checkEnrolment(input: unknown, limits: StorageLimits): { code: s
   return { code, device };
 }
 
+/** `fetchEnvelopes`'s options: at most `limit` (DEFAULT_FETCH) envelopes after `afterSeq` (0). */
+export function checkFetchOptions(v: unknown): { limit: number; afterSeq: number } {
+  const o = aobject('options', v);
+  return {
+    limit: o.limit === undefined ? DEFAULT_FETCH : aint('options.limit', o.limit, 1, MAX_FETCH),
+    afterSeq: o.afterSeq === undefined ? 0 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+/** `fetchPrekeyBundles`'s options: one device, or every device when absent. */
+export function checkBundleOptions(v: unknown): { deviceId: number | undefined } {
+  const o = aobject('options', v);
+  return { deviceId: o.deviceId === undefined ? undefined : checkDeviceId('options.deviceId', o.deviceId) };
+}
+
+// The errors every backend gives for a missing row, worded the same.
+
+export function userNotFound(userId: string): ServerError {
+  return new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+}
+
+export function deviceNotFound(userId: string, deviceId: number): ServerError {
+  return new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+}
+
+export function fileNotFound(fileId: string): ServerError {
+  return new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+}
+
+/** TOO_MANY_DEVICES unless a user holding `count` devices may enrol or link one more. */
+export function checkDeviceRoom(limits: StorageLimits, userId: string, count: number): void {
+  if (count >= limits.maxDevicesPerUser) {
+    throw new ServerError('TOO_MANY_DEVICES', `user ${userId} already has ${count} devices, the limit`);
+  }
+}
+
+/** TOO_MANY_PREKEYS unless a device holding `held` one-time prekeys may take `adding` more. */
+export function checkPrekeyRoom(limits: StorageLimits, deviceId: number, held: number, adding: number): void {
+  if (held + adding > limits.maxOneTimePrekeysPerDevice) {
+    throw new ServerError(
+      'TOO_MANY_PREKEYS',
+      `device ${deviceId} holds ${held} one-time prekeys; ${adding} more exceed the limit of ${limits.maxOneTimePrekeysPerDevice}`,
+    );
+  }
+}
+
+/**
+ * IDENTITY_KEY_MISMATCH unless `identityKey` is the user's stored (opened) identity key;
+ * a user without one has not enrolled a first device.
+ */
+export function checkSameIdentity(
+  userId: string,
+  stored: Uint8Array | undefined,
+  identityKey: Uint8Array,
+): void {
+  // Identity keys are public: a plain comparison leaks nothing secret.
+  if (!stored || Buffer.compare(stored, identityKey) !== 0) {
+    throw new ServerError(
+      'IDENTITY_KEY_MISMATCH',
+      stored
+        ? `the new device's identity key is not user ${userId}'s`
+        : `user ${userId} has not enrolled a first device`,
+    );
+  }
+}
+
+/** The refusal of an enqueue whose device queue, holding `queued`, is full. */
+export function mailboxFull(
+  userId: string,
+  deviceId: number,
+  queued: { readonly queued_count: number; readonly queued_bytes: number },
+): ServerError {
+  return new ServerError(
+    'MAILBOX_FULL',
+    `the mailbox of user ${userId} device ${deviceId} is full (${queued.queued_count} envelopes, ${queued.queued_bytes} bytes)`,
+  );
+}
+
 /** Whether a device queue holding `queued` may take `add` more envelopes within the limits. */
 export function fitsQueueLimits(
   limits: StorageLimits,
@@ -250,10 +328,19 @@ export function builtinRole(name: string): Role | undefined {
 }
 
 /** Every built-in role, by name. */
-export function builtinRoles(): Role[] {
+function builtinRoles(): Role[] {
   return Object.keys(BUILTIN_ROLES)
     .sort()
     .map((n) => builtinRole(n) as Role);
+}
+
+/** Every role, the built-in ones and `custom` (the stored ones), by name (code unit order). */
+export function allRoles(custom: readonly Role[]): Role[] {
+  return [...builtinRoles(), ...custom].sort((a, b) => cmp(a.name, b.name));
+}
+
+export function roleNotFound(name: string): ServerError {
+  return new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
 }
 
 /** `createRole`'s argument: a role name and 1.. known permissions, returned sorted and distinct. */
@@ -346,6 +433,20 @@ export function compareGrants(a: Grant, b: Grant): number {
     cmp(a.scope.kind, b.scope.kind) ||
     cmp(scopeId(a.scope), scopeId(b.scope))
   );
+}
+
+/** `listGrants`'s filter: one user's grants, or everyone's when absent. */
+export function checkListGrantsFilter(v: unknown): { userId: string | undefined } {
+  const o = aobject('filter', v);
+  return { userId: o.userId === undefined ? undefined : checkUserId('filter.userId', o.userId) };
+}
+
+export function orgUnitNotFound(id: string): ServerError {
+  return new ServerError('ORG_UNIT_NOT_FOUND', `no org unit with id ${id}`);
+}
+
+export function channelNotFound(id: string): ServerError {
+  return new ServerError('CHANNEL_NOT_FOUND', `no channel with id ${id}`);
 }
 
 export function checkNewOrgUnit(input: unknown): { name: string; parentId: string | undefined } {

@@ -59,12 +59,11 @@ import { AES256_KEY_LEN, randomBytes } from '@qalqon/crypto';
 import pg from 'pg';
 import {
   AUDIT_SIGNING_DEK,
+  auditPredecessor,
   auditPublicKey,
   chainAuditRecord,
   checkAuditEntry,
-  type StoredAuditRow,
   signAuditHead,
-  verifyAuditRows,
 } from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import type { Kms, WrappedKey } from '../kms/kms.js';
@@ -72,17 +71,21 @@ import { abytes, aint, aobject, astring } from '../validate.js';
 import { FIELD_DEK, FIELD_DEK_GENERATION, LOOKUP_DEK } from './embedded.js';
 import { FieldSealer } from './field-sealer.js';
 import {
+  allRoles,
   builtinRole,
-  builtinRoles,
+  channelNotFound,
   checkAuditKey,
   checkAuditListOptions,
+  checkBundleOptions,
   checkChannelEffect,
   checkChannelLogEntry,
   checkChannelLogOptions,
   checkDeviceId,
+  checkDeviceRoom,
   checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
+  checkFetchOptions,
   checkFileChunks,
   checkFileFits,
   checkFileLimits,
@@ -93,6 +96,7 @@ import {
   checkLimits,
   checkListChannelsFilter,
   checkListFileKeys,
+  checkListGrantsFilter,
   checkNewChannel,
   checkNewDevice,
   checkNewEnrolmentCode,
@@ -101,46 +105,63 @@ import {
   checkNewRole,
   checkNextChunks,
   checkOneTimePrekeys,
+  checkPrekeyRoom,
   checkRoleName,
   checkRoles,
+  checkSameIdentity,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
   checkWrappedFileKey,
   compareGrants,
-  DEFAULT_FETCH,
+  deviceNotFound,
   enrolmentCodeInvalid,
+  fileNotFound,
   fitsQueueLimits,
   grantFromColumns,
-  MAX_FETCH,
+  mailboxFull,
+  orgUnitNotFound,
+  roleNotFound,
   scopeColumns,
+  userNotFound,
 } from './input.js';
 import { migratePostgres, POSTGRES_MIGRATIONS } from './postgres-schema.js';
 import {
   auditRecordFromBytes,
   type ChannelLogRow,
+  type ChannelRow,
+  customRole,
+  DEVICE_INSERT_COLUMNS,
   type DeviceRowFields,
+  deviceInsertValues,
   deviceRowId,
   type EnvelopeRow,
   enrolmentCodeHash,
   envelopeBodyRef,
   type FileRow,
   identityKeyRef,
+  type MemberRow,
   newId,
+  type OrgUnitRow,
   oneTimePrekeyRef,
   openAuditRecord,
   openChannelLogEntry,
   openDevice,
   openEnvelope,
   openFileRow,
+  openIdentityKey,
+  openUser,
+  prekeyBundle,
   type RecipientTally,
-  ref,
   sealAuditRecord,
   sealChannelLogEntry,
-  sealDeviceFields,
   sealFileRecipients,
+  sealSignedPrekey,
   tallyRecipients,
-  tryOpenAuditRecord,
+  toChannel,
+  toMembership,
+  toOrgUnit,
+  verifySealedAudit,
 } from './sealed-rows.js';
 import {
   type AuditEntry,
@@ -641,10 +662,6 @@ const USER_COLUMNS = `u.id, u.name, u.identity_key, u.created_at,
 const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
   WHERE o.user_id = d.user_id AND o.device_id = d.device_id) AS otpk_count`;
 
-function deviceNotFound(userId: string, deviceId: number): ServerError {
-  return new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
-}
-
 // --- RBAC, org units, channels, audit ----------------------------------------------------
 
 /** The advisory-lock key audit appends run under ("qalq" "au"). Per database, held to commit. */
@@ -654,20 +671,8 @@ function isBuiltinRole(name: string): boolean {
   return builtinRole(name) !== undefined;
 }
 
-function roleNotFound(name: string): ServerError {
-  return new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
-}
-
 function roleExists(name: string): ServerError {
   return new ServerError('ROLE_EXISTS', `a role named ${name} already exists`);
-}
-
-function orgUnitNotFound(id: string): ServerError {
-  return new ServerError('ORG_UNIT_NOT_FOUND', `no org unit with id ${id}`);
-}
-
-function channelNotFound(id: string): ServerError {
-  return new ServerError('CHANNEL_NOT_FOUND', `no channel with id ${id}`);
 }
 
 function channelExists(id: string, name: string): ServerError {
@@ -680,47 +685,10 @@ interface RoleRow {
   created_at: number;
 }
 
-function toRole(row: RoleRow): Role {
-  return { name: row.name, builtin: false, permissions: row.permissions, createdAt: row.created_at };
-}
-
 const UNIT_COLUMNS = 'id, name, parent_id, created_at';
-
-interface OrgUnitRow {
-  id: string;
-  name: string;
-  parent_id: string | null;
-  created_at: number;
-}
-
-function toOrgUnit(row: OrgUnitRow): OrgUnit {
-  return { id: row.id, name: row.name, parentId: row.parent_id ?? undefined, createdAt: row.created_at };
-}
 
 const CHANNEL_COLUMNS = `ch.id, ch.name, ch.unit_id, ch.created_by, ch.seq, ch.created_at,
   (SELECT count(*) FROM channel_members m WHERE m.channel_id = ch.id) AS member_count`;
-
-interface ChannelRow {
-  id: string;
-  name: string;
-  unit_id: string | null;
-  created_by: string;
-  seq: number;
-  created_at: number;
-  member_count: number;
-}
-
-function toChannel(row: ChannelRow): Channel {
-  return {
-    id: row.id,
-    name: row.name,
-    unitId: row.unit_id ?? undefined,
-    createdBy: row.created_by,
-    seq: row.seq,
-    memberCount: row.member_count,
-    createdAt: row.created_at,
-  };
-}
 
 export class PostgresStorage implements Storage {
   readonly #pool: pg.Pool;
@@ -815,14 +783,7 @@ export class PostgresStorage implements Storage {
   // --- users ---------------------------------------------------------------------------
 
   #toUser(row: UserRow): User {
-    return {
-      id: row.id,
-      name: row.name,
-      roles: row.roles,
-      identityKey:
-        row.identity_key === null ? undefined : this.#sealer.open(identityKeyRef(row.id), row.identity_key),
-      createdAt: row.created_at,
-    };
+    return openUser(this.#sealer, row, row.roles);
   }
 
   /** The user's row, locked FOR UPDATE until the transaction ends: one user's writes run one at a time. */
@@ -835,7 +796,7 @@ export class PostgresStorage implements Storage {
       [userId],
     );
     const row = r.rows[0];
-    if (!row) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+    if (!row) throw userNotFound(userId);
     return row;
   }
 
@@ -880,7 +841,7 @@ export class PostgresStorage implements Storage {
     checkUserId('userId', userId);
     await this.#tx(async (c) => {
       const r = await c.query('DELETE FROM users WHERE id = $1', [userId]);
-      if (r.rowCount === 0) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+      if (r.rowCount === 0) throw userNotFound(userId);
     });
   }
 
@@ -967,30 +928,11 @@ export class PostgresStorage implements Storage {
     now: number,
   ): Promise<Device> {
     const n = await c.query<{ n: number }>('SELECT count(*) AS n FROM devices WHERE user_id = $1', [userId]);
-    const count = n.rows[0]?.n ?? 0;
-    if (count >= this.#limits.maxDevicesPerUser) {
-      throw new ServerError('TOO_MANY_DEVICES', `user ${userId} already has ${count} devices, the limit`);
-    }
+    checkDeviceRoom(this.#limits, userId, n.rows[0]?.n ?? 0);
     await c.query('UPDATE users SET next_device_id = $1 WHERE id = $2', [deviceId + 1, userId]);
-    const s = sealDeviceFields(this.#sealer, userId, deviceId, d);
     await c.query(
-      `INSERT INTO devices (user_id, device_id, registration_id, name, signed_prekey_id, signed_prekey,
-         signed_prekey_signature, kyber_prekey_id, kyber_prekey, kyber_prekey_signature, created_at, auth_key)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
-      [
-        userId,
-        deviceId,
-        d.registrationId,
-        s.name,
-        d.signedPrekey.id,
-        s.signed_prekey,
-        s.signed_prekey_signature,
-        d.kyberPrekey.id,
-        s.kyber_prekey,
-        s.kyber_prekey_signature,
-        now,
-        s.auth_key,
-      ],
+      `INSERT INTO devices (${DEVICE_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+      deviceInsertValues(this.#sealer, userId, deviceId, d, now),
     );
     await this.#insertPrekeys(c, userId, deviceId, d.oneTimePrekeys);
     return openDevice(this.#sealer, await this.#deviceRow(c, userId, deviceId));
@@ -1031,17 +973,7 @@ export class PostgresStorage implements Storage {
     const now = this.#clock();
     return this.#tx(async (c) => {
       const user = await this.#lockUser(c, userId);
-      const identity =
-        user.identity_key === null ? undefined : this.#sealer.open(identityKeyRef(userId), user.identity_key);
-      // Identity keys are public: a plain comparison leaks nothing secret.
-      if (!identity || Buffer.compare(identity, d.identityKey) !== 0) {
-        throw new ServerError(
-          'IDENTITY_KEY_MISMATCH',
-          identity
-            ? `the new device's identity key is not user ${userId}'s`
-            : `user ${userId} has not enrolled a first device`,
-        );
-      }
+      checkSameIdentity(userId, openIdentityKey(this.#sealer, userId, user.identity_key), d.identityKey);
       return this.#insertDevice(c, userId, user.next_device_id, d, now);
     });
   }
@@ -1065,7 +997,7 @@ export class PostgresStorage implements Storage {
        FROM users u LEFT JOIN devices d ON d.user_id = u.id WHERE u.id = $1 ORDER BY d.device_id`,
       [userId],
     );
-    if (r.rows.length === 0) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+    if (r.rows.length === 0) throw userNotFound(userId);
     return r.rows.filter((row) => row.device_id !== null).map((row) => openDevice(this.#sealer, row));
   }
 
@@ -1105,12 +1037,7 @@ export class PostgresStorage implements Storage {
           `device ${deviceId} already has one-time prekey ${dup.rows[0].prekey_id}`,
         );
       }
-      if (row.otpk_count + list.length > this.#limits.maxOneTimePrekeysPerDevice) {
-        throw new ServerError(
-          'TOO_MANY_PREKEYS',
-          `device ${deviceId} holds ${row.otpk_count} one-time prekeys; ${list.length} more exceed the limit of ${this.#limits.maxOneTimePrekeysPerDevice}`,
-        );
-      }
+      checkPrekeyRoom(this.#limits, deviceId, row.otpk_count, list.length);
       await this.#insertPrekeys(c, userId, deviceId, list);
       return row.otpk_count + list.length;
     });
@@ -1122,14 +1049,12 @@ export class PostgresStorage implements Storage {
     p: SignedPrekey,
     kind: 'signed' | 'kyber',
   ): Promise<void> {
-    const rowId = deviceRowId(userId, deviceId);
-    const pub = this.#sealer.seal(ref('devices', `${kind}_prekey`, rowId), p.publicKey);
-    const sig = this.#sealer.seal(ref('devices', `${kind}_prekey_signature`, rowId), p.signature);
+    const sealed = sealSignedPrekey(this.#sealer, userId, deviceId, kind, p);
     await this.#tx(async (c) => {
       const r = await c.query(
         `UPDATE devices SET ${kind}_prekey_id = $1, ${kind}_prekey = $2, ${kind}_prekey_signature = $3
            WHERE user_id = $4 AND device_id = $5`,
-        [p.id, pub, sig, userId, deviceId],
+        [p.id, sealed.publicKey, sealed.signature, userId, deviceId],
       );
       if (r.rowCount === 0) throw deviceNotFound(userId, deviceId);
     });
@@ -1152,15 +1077,14 @@ export class PostgresStorage implements Storage {
     options: { readonly deviceId?: number } = {},
   ): Promise<PrekeyBundle[]> {
     checkUserId('userId', userId);
-    const o = aobject('options', options);
-    const only = o.deviceId === undefined ? undefined : checkDeviceId('options.deviceId', o.deviceId);
+    const only = checkBundleOptions(options).deviceId;
     return this.#tx(async (c) => {
       const u = await c.query<{ identity_key: Buffer | null }>(
         'SELECT identity_key FROM users WHERE id = $1',
         [userId],
       );
       const user = u.rows[0];
-      if (!user) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+      if (!user) throw userNotFound(userId);
       const rows =
         only === undefined
           ? (
@@ -1174,7 +1098,6 @@ export class PostgresStorage implements Storage {
       const identityKey = this.#sealer.open(identityKeyRef(userId), user.identity_key);
       const bundles: PrekeyBundle[] = [];
       for (const row of rows) {
-        const device = openDevice(this.#sealer, row);
         // Lowest free id, taken and deleted in one statement; a row another fetch holds is
         // skipped, never shared.
         const taken = await c.query<{ prekey_id: number; public_key: Buffer }>(
@@ -1184,20 +1107,7 @@ export class PostgresStorage implements Storage {
            RETURNING prekey_id, public_key`,
           [userId, row.device_id],
         );
-        const t = taken.rows[0];
-        bundles.push({
-          userId,
-          deviceId: row.device_id,
-          registrationId: row.registration_id,
-          identityKey: new Uint8Array(identityKey),
-          signedPrekey: device.signedPrekey,
-          kyberPrekey: device.kyberPrekey,
-          oneTimePrekey: t && {
-            id: t.prekey_id,
-            publicKey: this.#sealer.open(oneTimePrekeyRef(userId, row.device_id, t.prekey_id), t.public_key),
-          },
-          oneTimePrekeysRemaining: t ? Math.max(0, row.otpk_count - 1) : 0,
-        });
+        bundles.push(prekeyBundle(this.#sealer, row, identityKey, taken.rows[0]));
       }
       return bundles;
     });
@@ -1531,10 +1441,7 @@ export class PostgresStorage implements Storage {
         }
         if (fitsQueueLimits(this.#limits, q, t)) continue;
       }
-      refusal = new ServerError(
-        'MAILBOX_FULL',
-        `the mailbox of user ${t.userId} device ${t.deviceId} is full (${q.queued_count} envelopes, ${q.queued_bytes} bytes)`,
-      );
+      refusal = mailboxFull(t.userId, t.deviceId, q);
       break;
     }
     if (refusal !== undefined) {
@@ -1601,10 +1508,7 @@ export class PostgresStorage implements Storage {
   ): Promise<Envelope[]> {
     checkUserId('userId', userId);
     checkDeviceId('deviceId', deviceId);
-    const o = aobject('options', options);
-    const limit = o.limit === undefined ? DEFAULT_FETCH : aint('options.limit', o.limit, 1, MAX_FETCH);
-    const afterSeq =
-      o.afterSeq === undefined ? 0 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER);
+    const { limit, afterSeq } = checkFetchOptions(options);
     const r = await this.#query<EnvelopeRow>(
       `SELECT seq, id, recipient_user_id, recipient_device_id, sender_user_id, sender_device_id, created_at, body
          FROM envelopes WHERE recipient_user_id = $1 AND recipient_device_id = $2 AND seq > $3 AND created_at >= $4
@@ -1664,7 +1568,7 @@ export class PostgresStorage implements Storage {
   /** Locks the user row against removal (FOR KEY SHARE); USER_NOT_FOUND. */
   async #userExists(c: Client, userId: string): Promise<void> {
     const r = await c.query('SELECT 1 FROM users WHERE id = $1 FOR KEY SHARE', [userId]);
-    if (r.rowCount === 0) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+    if (r.rowCount === 0) throw userNotFound(userId);
   }
 
   /** Locks the unit row against removal (FOR KEY SHARE); ORG_UNIT_NOT_FOUND. */
@@ -1675,9 +1579,7 @@ export class PostgresStorage implements Storage {
 
   async listRoles(): Promise<Role[]> {
     const r = await this.#query<RoleRow>('SELECT name, permissions, created_at FROM roles', []);
-    return [...builtinRoles(), ...r.rows.map(toRole)].sort((a, b) =>
-      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
-    );
+    return allRoles(r.rows.map(customRole));
   }
 
   async getRole(name: string): Promise<Role | undefined> {
@@ -1687,7 +1589,7 @@ export class PostgresStorage implements Storage {
     const r = await this.#query<RoleRow>('SELECT name, permissions, created_at FROM roles WHERE name = $1', [
       name,
     ]);
-    return r.rows[0] && toRole(r.rows[0]);
+    return r.rows[0] && customRole(r.rows[0]);
   }
 
   async createRole(input: { readonly name: string; readonly permissions: readonly string[] }): Promise<Role> {
@@ -1767,8 +1669,7 @@ export class PostgresStorage implements Storage {
   }
 
   async listGrants(filter: { readonly userId?: string } = {}): Promise<Grant[]> {
-    const f = aobject('filter', filter);
-    const userId = f.userId === undefined ? null : checkUserId('filter.userId', f.userId);
+    const userId = checkListGrantsFilter(filter).userId ?? null;
     const r = await this.#query<{ user_id: string; role: string; scope_kind: string; scope_id: string }>(
       `SELECT user_id, role, scope_kind, scope_id FROM (
          SELECT user_id, role, 'global' AS scope_kind, '' AS scope_id FROM user_roles
@@ -2028,16 +1929,14 @@ export class PostgresStorage implements Storage {
   async channelMembers(channelId: string): Promise<ChannelMembership[]> {
     checkHexId('channelId', channelId);
     // One statement, one snapshot: the channel check and the list agree.
-    const r = await this.#query<{ user_id: string | null; role: 'member' | 'manager'; added_seq: number }>(
+    const r = await this.#query<MemberRow | { user_id: null }>(
       `SELECT m.user_id, m.role, m.added_seq FROM channels ch
          LEFT JOIN channel_members m ON m.channel_id = ch.id
          WHERE ch.id = $1 ORDER BY m.user_id COLLATE "C"`,
       [channelId],
     );
     if (r.rows.length === 0) throw channelNotFound(channelId);
-    return r.rows
-      .filter((row) => row.user_id !== null)
-      .map((row) => ({ userId: row.user_id as string, role: row.role, addedSeq: row.added_seq }));
+    return r.rows.filter((row): row is MemberRow => row.user_id !== null).map(toMembership);
   }
 
   async channelMembership(channelId: string, userId: string): Promise<ChannelMembership | undefined> {
@@ -2049,6 +1948,25 @@ export class PostgresStorage implements Storage {
     );
     const row = r.rows[0];
     return row && { userId, role: row.role, addedSeq: row.added_seq };
+  }
+
+  async channelMemberDevices(channelId: string): Promise<{ userId: string; deviceId: number }[]> {
+    checkHexId('channelId', channelId);
+    // One statement, one snapshot: the channel check and the list agree.
+    const r = await this.#query<{ user_id: string | null; device_id: number | null }>(
+      `SELECT d.user_id, d.device_id FROM channels ch
+         LEFT JOIN channel_members m ON m.channel_id = ch.id
+         LEFT JOIN devices d ON d.user_id = m.user_id
+         WHERE ch.id = $1 ORDER BY d.user_id COLLATE "C", d.device_id`,
+      [channelId],
+    );
+    if (r.rows.length === 0) throw channelNotFound(channelId);
+    const out: { userId: string; deviceId: number }[] = [];
+    for (const row of r.rows) {
+      if (row.user_id !== null && row.device_id !== null)
+        out.push({ userId: row.user_id, deviceId: row.device_id });
+    }
+    return out;
   }
 
   async removeChannel(id: string): Promise<void> {
@@ -2075,12 +1993,7 @@ export class PostgresStorage implements Storage {
       const head = await c.query<{ seq: number; hash: string }>(
         'SELECT seq, hash FROM audit_head WHERE id = 1',
       );
-      // Chain after the later of the last row and the signed head: if records were cut
-      // from the end, the next append leaves the gap visible instead of re-signing over it.
-      let prev: { seq: number; hash: string } | undefined = last.rows[0];
-      const h = head.rows[0];
-      if (h && h.seq > 0 && (prev === undefined || h.seq > prev.seq)) prev = h;
-      const { record, bytes } = chainAuditRecord(prev, checked);
+      const { record, bytes } = chainAuditRecord(auditPredecessor(last.rows[0], head.rows[0]), checked);
       await c.query('INSERT INTO audit_log (seq, at, hash, record) VALUES ($1, $2, $3, $4)', [
         record.seq,
         record.at,
@@ -2121,18 +2034,7 @@ export class PostgresStorage implements Storage {
       );
       return { rows: r.rows, head: h.rows[0] };
     });
-    const stored = rows.map(
-      (row): StoredAuditRow => ({
-        seq: row.seq,
-        hash: row.hash,
-        bytes: tryOpenAuditRecord(this.#sealer, row.record),
-      }),
-    );
-    return verifyAuditRows(
-      stored,
-      head && { seq: head.seq, hash: head.hash, signature: new Uint8Array(head.signature) },
-      publicKey,
-    );
+    return verifySealedAudit(this.#sealer, publicKey, rows, head);
   }
 
   // --- files ---------------------------------------------------------------------------
@@ -2181,7 +2083,7 @@ export class PostgresStorage implements Storage {
         [fileId],
       );
       const row = r.rows[0];
-      if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+      if (!row) throw fileNotFound(fileId);
       const received = checkNextChunks(
         fileId,
         { size: row.size, chunkSize: row.chunk_size, received: row.received },
@@ -2213,7 +2115,7 @@ export class PostgresStorage implements Storage {
          WHERE f.id = $1 ORDER BY k.idx`,
       [fileId, rg.first, rg.first + rg.count],
     );
-    if (r.rows.length === 0) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+    if (r.rows.length === 0) throw fileNotFound(fileId);
     return r.rows
       .filter((row): row is { idx: number; data: Buffer } => row.idx !== null && row.data !== null)
       .map((row) => ({ index: row.idx, data: row.data }));

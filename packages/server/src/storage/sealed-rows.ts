@@ -9,20 +9,33 @@
  * call the same functions.
  */
 import { hmacSha256 } from '@qalqon/crypto';
-import { auditRecordRef, parseAuditRecordBytes } from '../audit/chain.js';
+import {
+  auditRecordRef,
+  parseAuditRecordBytes,
+  type StoredAuditRow,
+  verifyAuditRows,
+} from '../audit/chain.js';
 import { ServerError } from '../errors.js';
 import { publicRandomBytes } from '../random-pool.js';
 import type { FieldRef, FieldSealer } from './field-sealer.js';
 import { checkFileRecipients } from './input.js';
 import type {
   AuditRecord,
+  AuditVerification,
+  Channel,
   ChannelLogEntry,
+  ChannelMembership,
   Device,
   Envelope,
   FileRecipients,
   NewDevice,
   NewEnvelope,
+  OrgUnit,
+  PrekeyBundle,
+  Role,
+  SignedPrekey,
   StoredFile,
+  User,
 } from './types.js';
 
 const CODE_HASH_DOMAIN = 'qalqon/enrolment-code/v1\0';
@@ -43,6 +56,35 @@ export function ref(table: string, column: string, rowId: string): FieldRef {
 
 export function identityKeyRef(userId: string): FieldRef {
   return ref('users', 'identity_key', userId);
+}
+
+/** A user's stored identity key, opened; undefined before their first enrolment. */
+export function openIdentityKey(
+  sealer: FieldSealer,
+  userId: string,
+  sealed: Uint8Array | null,
+): Uint8Array | undefined {
+  return sealed === null ? undefined : sealer.open(identityKeyRef(userId), sealed);
+}
+
+/** A user from their row and their global roles (sorted). */
+export function openUser(
+  sealer: FieldSealer,
+  row: {
+    readonly id: string;
+    readonly name: string;
+    readonly identity_key: Uint8Array | null;
+    readonly created_at: number;
+  },
+  roles: string[],
+): User {
+  return {
+    id: row.id,
+    name: row.name,
+    roles,
+    identityKey: openIdentityKey(sealer, row.id, row.identity_key),
+    createdAt: row.created_at,
+  };
 }
 
 export function oneTimePrekeyRef(userId: string, deviceId: number, prekeyId: number): FieldRef {
@@ -68,7 +110,7 @@ export interface SealedDeviceFields {
   readonly auth_key: Uint8Array | null;
 }
 
-export function sealDeviceFields(
+function sealDeviceFields(
   sealer: FieldSealer,
   userId: string,
   deviceId: number,
@@ -83,6 +125,50 @@ export function sealDeviceFields(
     kyber_prekey: s('kyber_prekey', d.kyberPrekey.publicKey),
     kyber_prekey_signature: s('kyber_prekey_signature', d.kyberPrekey.signature),
     auth_key: d.authKey === undefined ? null : s('auth_key', d.authKey),
+  };
+}
+
+/** The columns of a new device row, in the order of deviceInsertValues. */
+export const DEVICE_INSERT_COLUMNS = `user_id, device_id, registration_id, name, signed_prekey_id, signed_prekey,
+  signed_prekey_signature, kyber_prekey_id, kyber_prekey, kyber_prekey_signature, created_at, auth_key`;
+
+/** A new device row's values (its fields sealed), in the order of DEVICE_INSERT_COLUMNS. */
+export function deviceInsertValues(
+  sealer: FieldSealer,
+  userId: string,
+  deviceId: number,
+  d: NewDevice,
+  now: number,
+): unknown[] {
+  const s = sealDeviceFields(sealer, userId, deviceId, d);
+  return [
+    userId,
+    deviceId,
+    d.registrationId,
+    s.name,
+    d.signedPrekey.id,
+    s.signed_prekey,
+    s.signed_prekey_signature,
+    d.kyberPrekey.id,
+    s.kyber_prekey,
+    s.kyber_prekey_signature,
+    now,
+    s.auth_key,
+  ];
+}
+
+/** A replacement signed (EC) or Kyber prekey's sealed columns `<kind>_prekey` and `<kind>_prekey_signature`. */
+export function sealSignedPrekey(
+  sealer: FieldSealer,
+  userId: string,
+  deviceId: number,
+  kind: 'signed' | 'kyber',
+  p: SignedPrekey,
+): { publicKey: Uint8Array; signature: Uint8Array } {
+  const rowId = deviceRowId(userId, deviceId);
+  return {
+    publicKey: sealer.seal(ref('devices', `${kind}_prekey`, rowId), p.publicKey),
+    signature: sealer.seal(ref('devices', `${kind}_prekey_signature`, rowId), p.signature),
   };
 }
 
@@ -118,6 +204,32 @@ export function openDevice(sealer: FieldSealer, row: DeviceRowFields): Device {
     oneTimePrekeyCount: row.otpk_count,
     authKey: row.auth_key === null ? undefined : o('auth_key', row.auth_key),
     createdAt: row.created_at,
+  };
+}
+
+/**
+ * A device's prekey bundle: its row (read before the one-time prekey was taken), the user's
+ * opened identity key, and the one-time prekey taken for it, if any (still sealed).
+ */
+export function prekeyBundle(
+  sealer: FieldSealer,
+  row: DeviceRowFields,
+  identityKey: Uint8Array,
+  taken: { readonly prekey_id: number; readonly public_key: Uint8Array } | undefined,
+): PrekeyBundle {
+  const device = openDevice(sealer, row);
+  return {
+    userId: row.user_id,
+    deviceId: row.device_id,
+    registrationId: row.registration_id,
+    identityKey: new Uint8Array(identityKey),
+    signedPrekey: device.signedPrekey,
+    kyberPrekey: device.kyberPrekey,
+    oneTimePrekey: taken && {
+      id: taken.prekey_id,
+      publicKey: sealer.open(oneTimePrekeyRef(row.user_id, row.device_id, taken.prekey_id), taken.public_key),
+    },
+    oneTimePrekeysRemaining: taken ? Math.max(0, row.otpk_count - 1) : 0,
   };
 }
 
@@ -171,6 +283,61 @@ export function openEnvelope(sealer: FieldSealer, row: EnvelopeRow): Envelope {
 }
 
 // --- channels and the audit log (issue 5) --------------------------------------------------
+
+/** A stored custom role (its permissions already parsed from the column). */
+export function customRole(row: {
+  readonly name: string;
+  readonly permissions: string[];
+  readonly created_at: number;
+}): Role {
+  return { name: row.name, builtin: false, permissions: row.permissions, createdAt: row.created_at };
+}
+
+/** An org unit row as both backends read it. */
+export interface OrgUnitRow {
+  readonly id: string;
+  readonly name: string;
+  readonly parent_id: string | null;
+  readonly created_at: number;
+}
+
+export function toOrgUnit(row: OrgUnitRow): OrgUnit {
+  return { id: row.id, name: row.name, parentId: row.parent_id ?? undefined, createdAt: row.created_at };
+}
+
+/** A channel row as both backends read it (the member count computed by the query). */
+export interface ChannelRow {
+  readonly id: string;
+  readonly name: string;
+  readonly unit_id: string | null;
+  readonly created_by: string;
+  readonly seq: number;
+  readonly created_at: number;
+  readonly member_count: number;
+}
+
+export function toChannel(row: ChannelRow): Channel {
+  return {
+    id: row.id,
+    name: row.name,
+    unitId: row.unit_id ?? undefined,
+    createdBy: row.created_by,
+    seq: row.seq,
+    memberCount: row.member_count,
+    createdAt: row.created_at,
+  };
+}
+
+/** A channel member row as both backends read it. */
+export interface MemberRow {
+  readonly user_id: string;
+  readonly role: 'member' | 'manager';
+  readonly added_seq: number;
+}
+
+export function toMembership(row: MemberRow): ChannelMembership {
+  return { userId: row.user_id, role: row.role, addedSeq: row.added_seq };
+}
 
 /** The row identity of a channel log entry: `<channelId>/<seq>`. */
 export function channelLogRowId(channelId: string, seq: number): string {
@@ -226,13 +393,33 @@ export function openAuditRecord(sealer: FieldSealer, sealed: Uint8Array): Uint8A
 }
 
 /** Opens a stored audit record for verification: undefined (never an error) when it does not open. */
-export function tryOpenAuditRecord(sealer: FieldSealer, sealed: Uint8Array): Uint8Array | undefined {
+function tryOpenAuditRecord(sealer: FieldSealer, sealed: Uint8Array): Uint8Array | undefined {
   try {
     return sealer.open(auditRecordRef(), sealed);
   } catch (err) {
     if (err instanceof ServerError && err.code === 'UNSEAL_FAILED') return undefined;
     throw err;
   }
+}
+
+/**
+ * Verifies the audit log as read in one snapshot: every row (sealed record bytes, a row that
+ * does not open counted as edited) and the signed head, against the signing key's public half.
+ */
+export function verifySealedAudit(
+  sealer: FieldSealer,
+  publicKey: Uint8Array,
+  rows: readonly { readonly seq: number; readonly hash: string; readonly record: Uint8Array }[],
+  head: { readonly seq: number; readonly hash: string; readonly signature: Uint8Array } | undefined,
+): AuditVerification {
+  const stored = rows.map(
+    (r): StoredAuditRow => ({ seq: r.seq, hash: r.hash, bytes: tryOpenAuditRecord(sealer, r.record) }),
+  );
+  return verifyAuditRows(
+    stored,
+    head && { seq: head.seq, hash: head.hash, signature: new Uint8Array(head.signature) },
+    publicKey,
+  );
 }
 
 /** A listed audit record from its opened bytes; a record that is not one is UNSEAL_FAILED. */

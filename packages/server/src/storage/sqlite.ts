@@ -22,29 +22,32 @@
 import { dirname, join } from 'node:path';
 import type Database from 'better-sqlite3-multiple-ciphers';
 import {
+  auditPredecessor,
   auditPublicKey,
   chainAuditRecord,
   checkAuditEntry,
-  type StoredAuditRow,
   signAuditHead,
-  verifyAuditRows,
 } from '../audit/chain.js';
 import { isServerError, ServerError } from '../errors.js';
 import { abytes, aint, aobject, astring } from '../validate.js';
 import type { FieldSealer } from './field-sealer.js';
 import { chunkStride, FILES_DIR, FileBlobs } from './file-blobs.js';
 import {
+  allRoles,
   builtinRole,
-  builtinRoles,
+  channelNotFound,
   checkAuditKey,
   checkAuditListOptions,
+  checkBundleOptions,
   checkChannelEffect,
   checkChannelLogEntry,
   checkChannelLogOptions,
   checkDeviceId,
+  checkDeviceRoom,
   checkEnrolment,
   checkEnvelopeIds,
   checkEnvelopes,
+  checkFetchOptions,
   checkFileChunks,
   checkFileFits,
   checkFileLimits,
@@ -55,6 +58,7 @@ import {
   checkLimits,
   checkListChannelsFilter,
   checkListFileKeys,
+  checkListGrantsFilter,
   checkNewChannel,
   checkNewDevice,
   checkNewEnrolmentCode,
@@ -63,43 +67,63 @@ import {
   checkNewRole,
   checkNextChunks,
   checkOneTimePrekeys,
+  checkPrekeyRoom,
   checkRoleName,
   checkRoles,
+  checkSameIdentity,
   checkSignedPrekey,
   checkUserId,
   checkUserName,
   checkWrappedFileKey,
   compareGrants,
-  DEFAULT_FETCH,
+  deviceNotFound,
   enrolmentCodeInvalid,
+  fileNotFound,
   fitsQueueLimits,
   grantFromColumns,
-  MAX_FETCH,
+  mailboxFull,
+  orgUnitNotFound,
   parsePermissionsJson,
   permissionsJson,
+  roleNotFound,
   scopeColumns,
+  userNotFound,
 } from './input.js';
 import { migrate } from './migrations.js';
 import {
   auditRecordFromBytes,
   type ChannelLogRow,
+  type ChannelRow,
+  customRole,
+  DEVICE_INSERT_COLUMNS,
+  deviceInsertValues,
   deviceRowId,
   type EnvelopeRow,
   enrolmentCodeHash,
   envelopeBodyRef,
   type FileRow,
+  identityKeyRef,
+  type MemberRow,
   newId,
+  type OrgUnitRow,
+  oneTimePrekeyRef,
   openAuditRecord,
   openChannelLogEntry,
   openDevice,
   openEnvelope,
   openFileRow,
-  ref,
+  openIdentityKey,
+  openUser,
+  prekeyBundle,
   sealAuditRecord,
   sealChannelLogEntry,
-  sealDeviceFields,
   sealFileRecipients,
-  tryOpenAuditRecord,
+  sealSignedPrekey,
+  tallyRecipients,
+  toChannel,
+  toMembership,
+  toOrgUnit,
+  verifySealedAudit,
 } from './sealed-rows.js';
 import { openSqlcipher, type SqliteDatabase } from './sqlcipher.js';
 import { SQLITE_MIGRATIONS } from './sqlite-schema.js';
@@ -187,6 +211,7 @@ interface DeviceRow {
 const DEVICE_COLUMNS = `d.*, (SELECT count(*) FROM one_time_prekeys o
   WHERE o.user_id = d.user_id AND o.device_id = d.device_id) AS otpk_count`;
 
+/** The roles table's row; `permissions` is a JSON array (permissionsJson). */
 interface RoleRow {
   name: string;
   permissions: string;
@@ -194,58 +219,10 @@ interface RoleRow {
 }
 
 function toRole(row: RoleRow): Role {
-  return {
-    name: row.name,
-    builtin: false,
-    permissions: parsePermissionsJson(row.permissions),
-    createdAt: row.created_at,
-  };
-}
-
-interface OrgUnitRow {
-  id: string;
-  name: string;
-  parent_id: string | null;
-  created_at: number;
-}
-
-function toOrgUnit(row: OrgUnitRow): OrgUnit {
-  return { id: row.id, name: row.name, parentId: row.parent_id ?? undefined, createdAt: row.created_at };
-}
-
-interface ChannelRow {
-  id: string;
-  name: string;
-  unit_id: string | null;
-  created_by: string;
-  seq: number;
-  created_at: number;
-  member_count: number;
+  return customRole({ ...row, permissions: parsePermissionsJson(row.permissions) });
 }
 
 const CHANNEL_COLUMNS = `c.*, (SELECT count(*) FROM channel_members m WHERE m.channel_id = c.id) AS member_count`;
-
-function toChannel(row: ChannelRow): Channel {
-  return {
-    id: row.id,
-    name: row.name,
-    unitId: row.unit_id ?? undefined,
-    createdBy: row.created_by,
-    seq: row.seq,
-    memberCount: row.member_count,
-    createdAt: row.created_at,
-  };
-}
-
-interface MemberRow {
-  user_id: string;
-  role: 'member' | 'manager';
-  added_seq: number;
-}
-
-function toMembership(row: MemberRow): ChannelMembership {
-  return { userId: row.user_id, role: row.role, addedSeq: row.added_seq };
-}
 
 type Statement = Database.Statement;
 
@@ -257,11 +234,6 @@ interface GroupJob {
 }
 
 type GroupResult = { ok: true; value: unknown } | { ok: false; error: unknown };
-
-/** better-sqlite3 returns Buffers for BLOBs; hand out plain Uint8Arrays the caller owns. */
-function plain(b: Uint8Array): Uint8Array {
-  return new Uint8Array(b);
-}
 
 export class SqliteStorage implements Storage {
   readonly #db: SqliteDatabase;
@@ -421,21 +393,12 @@ export class SqliteStorage implements Storage {
     const roles = this.#prep(db, 'SELECT role FROM user_roles WHERE user_id = ? ORDER BY role')
       .pluck()
       .all(row.id) as string[];
-    return {
-      id: row.id,
-      name: row.name,
-      roles,
-      identityKey:
-        row.identity_key === null
-          ? undefined
-          : this.#sealer.open(ref('users', 'identity_key', row.id), row.identity_key),
-      createdAt: row.created_at,
-    };
+    return openUser(this.#sealer, row, roles);
   }
 
   #userRow(db: SqliteDatabase, userId: string): UserRow {
     const row = this.#prep(db, 'SELECT * FROM users WHERE id = ?').get(userId) as UserRow | undefined;
-    if (!row) throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+    if (!row) throw userNotFound(userId);
     return row;
   }
 
@@ -486,7 +449,7 @@ export class SqliteStorage implements Storage {
       // Their files go with them (ON DELETE CASCADE); the blobs after the commit.
       const ids = this.#prep(db, 'SELECT id FROM files WHERE owner_id = ?').pluck().all(userId) as string[];
       if (this.#prep(db, 'DELETE FROM users WHERE id = ?').run(userId).changes === 0) {
-        throw new ServerError('USER_NOT_FOUND', `no user with id ${userId}`);
+        throw userNotFound(userId);
       }
       return ids;
     });
@@ -551,7 +514,7 @@ export class SqliteStorage implements Storage {
       // An enrolment starts a new identity: the user's old devices (and their queues) go.
       this.#prep(db, 'DELETE FROM devices WHERE user_id = ?').run(row.user_id);
       this.#prep(db, 'UPDATE users SET identity_key = ? WHERE id = ?').run(
-        this.#sealer.seal(ref('users', 'identity_key', row.user_id), device.identityKey),
+        this.#sealer.seal(identityKeyRef(row.user_id), device.identityKey),
         row.user_id,
       );
       return this.#insertDevice(db, row.user_id, device, now);
@@ -565,31 +528,13 @@ export class SqliteStorage implements Storage {
     const count = this.#prep(db, 'SELECT count(*) FROM devices WHERE user_id = ?')
       .pluck()
       .get(userId) as number;
-    if (count >= this.#limits.maxDevicesPerUser) {
-      throw new ServerError('TOO_MANY_DEVICES', `user ${userId} already has ${count} devices, the limit`);
-    }
+    checkDeviceRoom(this.#limits, userId, count);
     const deviceId = user.next_device_id;
     this.#prep(db, 'UPDATE users SET next_device_id = ? WHERE id = ?').run(deviceId + 1, userId);
-    const s = sealDeviceFields(this.#sealer, userId, deviceId, d);
     this.#prep(
       db,
-      `INSERT INTO devices (user_id, device_id, registration_id, name, signed_prekey_id, signed_prekey,
-         signed_prekey_signature, kyber_prekey_id, kyber_prekey, kyber_prekey_signature, created_at, auth_key)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    ).run(
-      userId,
-      deviceId,
-      d.registrationId,
-      s.name,
-      d.signedPrekey.id,
-      s.signed_prekey,
-      s.signed_prekey_signature,
-      d.kyberPrekey.id,
-      s.kyber_prekey,
-      s.kyber_prekey_signature,
-      now,
-      s.auth_key,
-    );
+      `INSERT INTO devices (${DEVICE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(...deviceInsertValues(this.#sealer, userId, deviceId, d, now));
     this.#insertPrekeys(db, userId, deviceId, d.oneTimePrekeys);
     return this.#deviceById(db, userId, deviceId);
   }
@@ -609,10 +554,7 @@ export class SqliteStorage implements Storage {
         userId,
         deviceId,
         p.id,
-        this.#sealer.seal(
-          ref('one_time_prekeys', 'public_key', `${deviceRowId(userId, deviceId)}/${p.id}`),
-          p.publicKey,
-        ),
+        this.#sealer.seal(oneTimePrekeyRef(userId, deviceId, p.id), p.publicKey),
       );
     }
   }
@@ -626,7 +568,7 @@ export class SqliteStorage implements Storage {
       db,
       `SELECT ${DEVICE_COLUMNS} FROM devices d WHERE d.user_id = ? AND d.device_id = ?`,
     ).get(userId, deviceId) as DeviceRow | undefined;
-    if (!row) throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    if (!row) throw deviceNotFound(userId, deviceId);
     return row;
   }
 
@@ -640,19 +582,7 @@ export class SqliteStorage implements Storage {
     const now = this.#clock();
     return this.#tx((db) => {
       const user = this.#userRow(db, userId);
-      const identity =
-        user.identity_key === null
-          ? undefined
-          : this.#sealer.open(ref('users', 'identity_key', userId), user.identity_key);
-      // Identity keys are public: a plain comparison leaks nothing secret.
-      if (!identity || Buffer.compare(identity, d.identityKey) !== 0) {
-        throw new ServerError(
-          'IDENTITY_KEY_MISMATCH',
-          identity
-            ? `the new device's identity key is not user ${userId}'s`
-            : `user ${userId} has not enrolled a first device`,
-        );
-      }
+      checkSameIdentity(userId, openIdentityKey(this.#sealer, userId, user.identity_key), d.identityKey);
       return this.#insertDevice(db, userId, d, now);
     });
   }
@@ -687,8 +617,7 @@ export class SqliteStorage implements Storage {
         userId,
         deviceId,
       );
-      if (res.changes === 0)
-        throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+      if (res.changes === 0) throw deviceNotFound(userId, deviceId);
     });
   }
 
@@ -713,30 +642,21 @@ export class SqliteStorage implements Storage {
           throw new ServerError('PREKEY_EXISTS', `device ${deviceId} already has one-time prekey ${p.id}`);
         }
       }
-      if (row.otpk_count + list.length > this.#limits.maxOneTimePrekeysPerDevice) {
-        throw new ServerError(
-          'TOO_MANY_PREKEYS',
-          `device ${deviceId} holds ${row.otpk_count} one-time prekeys; ${list.length} more exceed the limit of ${this.#limits.maxOneTimePrekeysPerDevice}`,
-        );
-      }
+      checkPrekeyRoom(this.#limits, deviceId, row.otpk_count, list.length);
       this.#insertPrekeys(db, userId, deviceId, list);
       return row.otpk_count + list.length;
     });
   }
 
   #setPrekey(userId: string, deviceId: number, p: SignedPrekey, kind: 'signed' | 'kyber'): void {
-    const rowId = deviceRowId(userId, deviceId);
-    const s = (column: string, v: Uint8Array) => this.#sealer.seal(ref('devices', column, rowId), v);
-    const pub = s(`${kind}_prekey`, p.publicKey);
-    const sig = s(`${kind}_prekey_signature`, p.signature);
+    const sealed = sealSignedPrekey(this.#sealer, userId, deviceId, kind, p);
     this.#tx((db) => {
       const res = this.#prep(
         db,
         `UPDATE devices SET ${kind}_prekey_id = ?, ${kind}_prekey = ?, ${kind}_prekey_signature = ?
            WHERE user_id = ? AND device_id = ?`,
-      ).run(p.id, pub, sig, userId, deviceId);
-      if (res.changes === 0)
-        throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+      ).run(p.id, sealed.publicKey, sealed.signature, userId, deviceId);
+      if (res.changes === 0) throw deviceNotFound(userId, deviceId);
     });
   }
 
@@ -757,8 +677,7 @@ export class SqliteStorage implements Storage {
     options: { readonly deviceId?: number } = {},
   ): Promise<PrekeyBundle[]> {
     checkUserId('userId', userId);
-    const o = aobject('options', options);
-    const only = o.deviceId === undefined ? undefined : checkDeviceId('options.deviceId', o.deviceId);
+    const only = checkBundleOptions(options).deviceId;
     return this.#tx((db) => {
       const user = this.#userRow(db, userId);
       const rows =
@@ -769,7 +688,7 @@ export class SqliteStorage implements Storage {
             ).all(userId) as DeviceRow[])
           : [this.#deviceRow(db, userId, only)];
       if (rows.length === 0 || user.identity_key === null) return [];
-      const identityKey = this.#sealer.open(ref('users', 'identity_key', userId), user.identity_key);
+      const identityKey = this.#sealer.open(identityKeyRef(userId), user.identity_key);
       // Take the lowest id and delete it in one statement, inside the write transaction.
       const take = this.#prep(
         db,
@@ -777,32 +696,16 @@ export class SqliteStorage implements Storage {
            (SELECT min(prekey_id) FROM one_time_prekeys WHERE user_id = ? AND device_id = ?)
          RETURNING prekey_id, public_key`,
       );
-      return rows.map((row): PrekeyBundle => {
-        const device = this.#toDevice(row);
-        const taken = take.get(userId, row.device_id, userId, row.device_id) as
-          | { prekey_id: number; public_key: Uint8Array }
-          | undefined;
-        return {
-          userId,
-          deviceId: row.device_id,
-          registrationId: row.registration_id,
-          identityKey: plain(identityKey),
-          signedPrekey: device.signedPrekey,
-          kyberPrekey: device.kyberPrekey,
-          oneTimePrekey: taken && {
-            id: taken.prekey_id,
-            publicKey: this.#sealer.open(
-              ref(
-                'one_time_prekeys',
-                'public_key',
-                `${deviceRowId(userId, row.device_id)}/${taken.prekey_id}`,
-              ),
-              taken.public_key,
-            ),
-          },
-          oneTimePrekeysRemaining: taken ? row.otpk_count - 1 : 0,
-        };
-      });
+      return rows.map((row) =>
+        prekeyBundle(
+          this.#sealer,
+          row,
+          identityKey,
+          take.get(userId, row.device_id, userId, row.device_id) as
+            | { prekey_id: number; public_key: Uint8Array }
+            | undefined,
+        ),
+      );
     });
   }
 
@@ -816,22 +719,7 @@ export class SqliteStorage implements Storage {
       const id = newId();
       return { e, id, body: this.#sealer.seal(envelopeBodyRef(id), e.body) };
     });
-    const perRecipient = new Map<
-      string,
-      { userId: string; deviceId: number; count: number; bytes: number }
-    >();
-    for (const { e } of sealed) {
-      const key = deviceRowId(e.recipientUserId, e.recipientDeviceId);
-      const acc = perRecipient.get(key) ?? {
-        userId: e.recipientUserId,
-        deviceId: e.recipientDeviceId,
-        count: 0,
-        bytes: 0,
-      };
-      acc.count++;
-      acc.bytes += e.body.length;
-      perRecipient.set(key, acc);
-    }
+    const perRecipient = tallyRecipients(list);
     return this.#grouped((db) => {
       const stats = this.#prep(
         db,
@@ -843,17 +731,12 @@ export class SqliteStorage implements Storage {
       );
       for (const r of perRecipient.values()) {
         let s = stats.get(r.userId, r.deviceId) as { queued_count: number; queued_bytes: number } | undefined;
-        if (!s) throw new ServerError('DEVICE_NOT_FOUND', `user ${r.userId} has no device ${r.deviceId}`);
+        if (!s) throw deviceNotFound(r.userId, r.deviceId);
         if (!fitsQueueLimits(this.#limits, s, r)) {
           // Expired envelopes still count until purged; purge this queue before refusing.
           this.#purge(db, now, r.userId, r.deviceId);
           s = stats.get(r.userId, r.deviceId) as { queued_count: number; queued_bytes: number };
-          if (!fitsQueueLimits(this.#limits, s, r)) {
-            throw new ServerError(
-              'MAILBOX_FULL',
-              `the mailbox of user ${r.userId} device ${r.deviceId} is full (${s.queued_count} envelopes, ${s.queued_bytes} bytes)`,
-            );
-          }
+          if (!fitsQueueLimits(this.#limits, s, r)) throw mailboxFull(r.userId, r.deviceId, s);
         }
       }
       const insert = this.#prep(
@@ -927,10 +810,7 @@ export class SqliteStorage implements Storage {
   ): Promise<Envelope[]> {
     checkUserId('userId', userId);
     checkDeviceId('deviceId', deviceId);
-    const o = aobject('options', options);
-    const limit = o.limit === undefined ? DEFAULT_FETCH : aint('options.limit', o.limit, 1, MAX_FETCH);
-    const afterSeq =
-      o.afterSeq === undefined ? 0 : aint('options.afterSeq', o.afterSeq, 0, Number.MAX_SAFE_INTEGER);
+    const { limit, afterSeq } = checkFetchOptions(options);
     const db = this.#conn();
     const rows = this.#prep(
       db,
@@ -978,7 +858,7 @@ export class SqliteStorage implements Storage {
   /** Throws DEVICE_NOT_FOUND unless the device exists. */
   #deviceExists(db: SqliteDatabase, userId: string, deviceId: number): void {
     if (!this.#prep(db, 'SELECT 1 FROM devices WHERE user_id = ? AND device_id = ?').get(userId, deviceId)) {
-      throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+      throw deviceNotFound(userId, deviceId);
     }
   }
 
@@ -989,7 +869,7 @@ export class SqliteStorage implements Storage {
       this.#conn(),
       'SELECT queued_count, queued_bytes FROM devices WHERE user_id = ? AND device_id = ?',
     ).get(userId, deviceId) as { queued_count: number; queued_bytes: number } | undefined;
-    if (!row) throw new ServerError('DEVICE_NOT_FOUND', `user ${userId} has no device ${deviceId}`);
+    if (!row) throw deviceNotFound(userId, deviceId);
     return { count: row.queued_count, bytes: row.queued_bytes };
   }
 
@@ -1012,12 +892,12 @@ export class SqliteStorage implements Storage {
 
   /** Throws ROLE_NOT_FOUND unless the role exists. */
   #roleExists(db: SqliteDatabase, name: string): void {
-    if (!this.#role(db, name)) throw new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
+    if (!this.#role(db, name)) throw roleNotFound(name);
   }
 
   #unitExists(db: SqliteDatabase, unitId: string): void {
     if (!this.#prep(db, 'SELECT 1 FROM org_units WHERE id = ?').get(unitId)) {
-      throw new ServerError('ORG_UNIT_NOT_FOUND', `no org unit with id ${unitId}`);
+      throw orgUnitNotFound(unitId);
     }
   }
 
@@ -1025,16 +905,14 @@ export class SqliteStorage implements Storage {
     const row = this.#prep(db, `SELECT ${CHANNEL_COLUMNS} FROM channels c WHERE c.id = ?`).get(channelId) as
       | ChannelRow
       | undefined;
-    if (!row) throw new ServerError('CHANNEL_NOT_FOUND', `no channel with id ${channelId}`);
+    if (!row) throw channelNotFound(channelId);
     return row;
   }
 
   async listRoles(): Promise<Role[]> {
     const db = this.#conn();
     const rows = this.#prep(db, 'SELECT name, permissions, created_at FROM roles').all() as RoleRow[];
-    return [...builtinRoles(), ...rows.map(toRole)].sort((a, b) =>
-      a.name < b.name ? -1 : a.name > b.name ? 1 : 0,
-    );
+    return allRoles(rows.map(toRole));
   }
 
   async getRole(name: string): Promise<Role | undefined> {
@@ -1064,7 +942,7 @@ export class SqliteStorage implements Storage {
     if (builtinRole(name)) throw new ServerError('ROLE_BUILTIN', `${name} is a built-in role`);
     this.#tx((db) => {
       if (!this.#prep(db, 'SELECT 1 FROM roles WHERE name = ?').get(name)) {
-        throw new ServerError('ROLE_NOT_FOUND', `no role named ${name}`);
+        throw roleNotFound(name);
       }
       if (
         this.#prep(db, 'SELECT 1 FROM user_roles WHERE role = ? LIMIT 1').get(name) ||
@@ -1114,8 +992,7 @@ export class SqliteStorage implements Storage {
   }
 
   async listGrants(filter: { readonly userId?: string } = {}): Promise<Grant[]> {
-    const o = aobject('filter', filter);
-    const userId = o.userId === undefined ? undefined : checkUserId('filter.userId', o.userId);
+    const { userId } = checkListGrantsFilter(filter);
     const db = this.#conn();
     const sql = `SELECT user_id, role, 'global' AS kind, '' AS scope_id FROM user_roles${userId ? ' WHERE user_id = ?' : ''}
       UNION ALL SELECT user_id, role, scope_kind, scope_id FROM grants${userId ? ' WHERE user_id = ?' : ''}`;
@@ -1373,6 +1250,20 @@ export class SqliteStorage implements Storage {
     return row && toMembership(row);
   }
 
+  async channelMemberDevices(channelId: string): Promise<{ userId: string; deviceId: number }[]> {
+    checkHexId('channelId', channelId);
+    return this.#read((db) => {
+      this.#channelRow(db, channelId);
+      const rows = this.#prep(
+        db,
+        `SELECT d.user_id, d.device_id FROM channel_members m
+           JOIN devices d ON d.user_id = m.user_id
+           WHERE m.channel_id = ? ORDER BY d.user_id, d.device_id`,
+      ).all(channelId) as { user_id: string; device_id: number }[];
+      return rows.map((r) => ({ userId: r.user_id, deviceId: r.device_id }));
+    });
+  }
+
   async removeChannel(id: string): Promise<void> {
     checkHexId('id', id);
     this.#tx((db) => {
@@ -1394,10 +1285,7 @@ export class SqliteStorage implements Storage {
       const head = this.#prep(db, 'SELECT seq, hash FROM audit_head WHERE id = 1').get() as
         | { seq: number; hash: string }
         | undefined;
-      // Chain after the later of the last row and the signed head: if records were cut from
-      // the end, re-signing over the gap would hide it; chaining after the head keeps it visible.
-      const prev = head !== undefined && (last === undefined || head.seq > last.seq) ? head : last;
-      const { record, bytes } = chainAuditRecord(prev, checked);
+      const { record, bytes } = chainAuditRecord(auditPredecessor(last, head), checked);
       this.#prep(db, 'INSERT INTO audit_log (seq, at, hash, record) VALUES (?, ?, ?, ?)').run(
         record.seq,
         record.at,
@@ -1435,16 +1323,7 @@ export class SqliteStorage implements Storage {
         | { seq: number; hash: string; signature: Uint8Array }
         | undefined,
     }));
-    const stored: StoredAuditRow[] = rows.map((r) => ({
-      seq: r.seq,
-      hash: r.hash,
-      bytes: tryOpenAuditRecord(this.#sealer, r.record),
-    }));
-    return verifyAuditRows(
-      stored,
-      head && { seq: head.seq, hash: head.hash, signature: plain(head.signature) },
-      auditPublicKey(this.#auditKey),
-    );
+    return verifySealedAudit(this.#sealer, auditPublicKey(this.#auditKey), rows, head);
   }
 
   // --- files ---------------------------------------------------------------------------
@@ -1455,7 +1334,7 @@ export class SqliteStorage implements Storage {
 
   #fileOf(db: SqliteDatabase, fileId: string): StoredFile {
     const row = this.#fileRow(db, fileId);
-    if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+    if (!row) throw fileNotFound(fileId);
     return openFileRow(this.#sealer, row);
   }
 
@@ -1514,7 +1393,7 @@ export class SqliteStorage implements Storage {
     // written again once committed (file-blobs.ts).
     return this.#blobs.exclusive(fileId, async () => {
       const row = this.#fileRow(this.#conn(), fileId);
-      if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+      if (!row) throw fileNotFound(fileId);
       const layout = { size: row.size, chunkSize: row.chunk_size, received: row.received };
       checkNextChunks(fileId, layout, list);
       // The chunks reach stable storage before `received` says they are there.
@@ -1527,7 +1406,7 @@ export class SqliteStorage implements Storage {
         );
       } catch (err) {
         if (isServerError(err, 'FILE_CORRUPT') && !this.#fileRow(this.#conn(), fileId)) {
-          throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+          throw fileNotFound(fileId);
         }
         throw err;
       }
@@ -1535,7 +1414,7 @@ export class SqliteStorage implements Storage {
       try {
         return this.#tx((db) => {
           const r = this.#fileRow(db, fileId);
-          if (!r) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+          if (!r) throw fileNotFound(fileId);
           // Another process may have appended meanwhile: then nothing is committed here.
           const received = checkNextChunks(
             fileId,
@@ -1561,7 +1440,7 @@ export class SqliteStorage implements Storage {
     checkHexId('fileId', fileId);
     const r = checkFileRange(first, count);
     const row = this.#fileRow(this.#conn(), fileId);
-    if (!row) throw new ServerError('FILE_NOT_FOUND', `no file with id ${fileId}`);
+    if (!row) throw fileNotFound(fileId);
     const cs = row.chunk_size;
     // Only chunks below `received`: past it a blob may hold what a crash left.
     const end = Math.min(r.first + r.count, Math.ceil(row.received / cs));

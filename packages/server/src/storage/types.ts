@@ -450,6 +450,11 @@ export interface Storage {
   channelMembers(channelId: string): Promise<ChannelMembership[]>;
   /** The user's membership, or undefined. */
   channelMembership(channelId: string, userId: string): Promise<ChannelMembership | undefined>;
+  /**
+   * Every device of every member, by user id then device id, in one read: what a channel
+   * message fans out to (no device fields are opened). CHANNEL_NOT_FOUND.
+   */
+  channelMemberDevices(channelId: string): Promise<{ userId: string; deviceId: number }[]>;
   /** Removes the channel, its log, members and channel-scoped grants. CHANNEL_NOT_FOUND. */
   removeChannel(id: string): Promise<void>;
 
