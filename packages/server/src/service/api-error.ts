@@ -30,8 +30,14 @@ export interface WireFailure {
   readonly unexpected: boolean;
 }
 
-/** Storage refusals a client may see, with their status. Any other ServerError is INTERNAL. */
-const SERVER_CODES: Partial<Record<ServerErrorCode, [number, WireErrorCode]>> = {
+/**
+ * Storage refusals a client may see, with their status and, where the ServerError's own
+ * message would say more than the client may learn (or less than it needs), the message
+ * to send instead. Any other ServerError is INTERNAL.
+ */
+const SERVER_CODES: Partial<
+  Record<ServerErrorCode, readonly [number, WireErrorCode, ((message: string) => string)?]>
+> = {
   INVALID_ARGUMENT: [400, 'BAD_REQUEST'],
   USER_EXISTS: [409, 'USER_EXISTS'],
   USER_NOT_FOUND: [404, 'USER_NOT_FOUND'],
@@ -53,6 +59,13 @@ const SERVER_CODES: Partial<Record<ServerErrorCode, [number, WireErrorCode]>> = 
   ORG_UNIT_NOT_FOUND: [404, 'ORG_UNIT_NOT_FOUND'],
   ORG_UNIT_EXISTS: [409, 'ORG_UNIT_EXISTS'],
   ORG_UNIT_NOT_EMPTY: [409, 'ORG_UNIT_NOT_EMPTY'],
+  // Not one file id: an unknown file and one the caller may not see answer alike.
+  FILE_NOT_FOUND: [404, 'FILE_NOT_FOUND', () => 'no such file'],
+  FILE_TOO_LARGE: [413, 'FILE_TOO_LARGE'],
+  QUOTA_EXCEEDED: [413, 'QUOTA_EXCEEDED'],
+  UPLOAD_OFFSET_MISMATCH: [409, 'UPLOAD_OFFSET_MISMATCH', (m) => `${m}; resume from "received"`],
+  // The details (file, chunk) are for the operator's log (plugins/files.ts), not the client.
+  FILE_CORRUPT: [500, 'FILE_CORRUPT', () => 'the stored file failed its integrity check'],
   CLOSED: [503, 'UNAVAILABLE'],
 };
 
@@ -101,7 +114,13 @@ export function toWireFailure(err: unknown): WireFailure {
   }
   if (isServerError(err)) {
     const m = SERVER_CODES[err.code];
-    if (m) return { status: m[0], code: m[1], message: clip(err.message), unexpected: false };
+    if (m)
+      return {
+        status: m[0],
+        code: m[1],
+        message: clip(m[2]?.(err.message) ?? err.message),
+        unexpected: false,
+      };
     return { status: 500, code: 'INTERNAL', message: 'internal error', unexpected: true };
   }
   const e = err as { code?: unknown; statusCode?: unknown } | null;

@@ -366,10 +366,11 @@ function field(v: unknown, name: string): unknown {
 const globalOnly: ResourceResolver = async () => GLOBAL;
 
 /** The caller's own units (1:1 sending: a unit-scoped grant lets the unit's users send). */
-const ownUnits: ResourceResolver = async (ctx, _input, me) => {
+export async function ownUnitsResource(ctx: ServiceContext, me: SessionIdentity): Promise<Resource> {
   const g = await ctx.authz.grantsOf(me.userId);
   return { units: g.units, target: `user:${g.name ?? me.userId}` };
-};
+}
+const ownUnits: ResourceResolver = (ctx, _input, me) => ownUnitsResource(ctx, me);
 
 /** An org unit by name (as it is known to this node's cache). */
 export async function unitResource(ctx: ServiceContext, name: unknown): Promise<Resource> {
@@ -382,8 +383,29 @@ export async function unitResource(ctx: ServiceContext, name: unknown): Promise<
 export async function channelResource(ctx: ServiceContext, id: unknown): Promise<Resource> {
   if (typeof id !== 'string' || !/^[0-9a-f]{32}$/.test(id)) return GLOBAL;
   const ch = await ctx.storage.getChannel(id);
-  if (!ch) return { channelId: id, target: `channel:${id}` };
+  return ch ? channelResourceOf(ch) : { channelId: id, target: `channel:${id}` };
+}
+
+/** An existing channel (already read), with the unit it belongs to. */
+export function channelResourceOf(ch: Channel): Resource {
   return { channelId: ch.id, units: ch.unitId ? [ch.unitId] : [], target: `channel:${ch.name}`, channel: ch };
+}
+
+/** Records `access.denied` (not a member of the channel) and returns NOT_A_MEMBER to throw. */
+export async function notAMember(
+  ctx: ServiceContext,
+  subject: Subject,
+  resource: Resource,
+  operation: string,
+): Promise<ApiError> {
+  await ctx.audit({
+    actor: await actorOf(ctx, subject),
+    action: 'access.denied',
+    target: resource.target,
+    outcome: 'denied',
+    detail: { reason: 'not-a-member', operation },
+  });
+  return new ApiError('NOT_A_MEMBER', 403, 'you are not a member of this channel');
 }
 
 /** A user by name: the units they belong to. */
@@ -517,16 +539,7 @@ async function enforce(
         rule.kind === 'device' &&
         rule.managerMayRead === true &&
         (await can(ctx, subject, 'channel.manage', resource));
-      if (!managerReads) {
-        await ctx.audit({
-          actor: await actorOf(ctx, subject),
-          action: 'access.denied',
-          target: resource.target,
-          outcome: 'denied',
-          detail: { reason: 'not-a-member', operation: key },
-        });
-        throw new ApiError('NOT_A_MEMBER', 403, 'you are not a member of this channel');
-      }
+      if (!managerReads) throw await notAMember(ctx, subject, resource, key);
     }
   }
   return resource;

@@ -244,23 +244,17 @@ export class MailboxHub {
     // Later attaches of one device sort later, even within one millisecond.
     if (old && connectionId <= old.connectionId) connectionId = newConnectionId(this.#clock() + 1);
     const pump = new Pump(conn, connectionId, this.#storage, (err) => {
+      const failed = () => {
+        this.#log(`delivery to a device failed: ${err instanceof Error ? err.name : 'error'}`);
+        conn.close(1011, 'internal error');
+      };
       // A delivery that fails because the device was removed meanwhile (through another
       // node, whose event has not arrived yet) is a removal, not an internal error.
-      this.#storage.getDevice(conn.userId, conn.deviceId).then(
-        (device) => {
-          if (device === undefined) {
-            if (this.#pumps.get(key) === pump) this.detach(conn);
-            conn.close(CLOSE_REMOVED, 'the device was removed');
-            return;
-          }
-          this.#log(`delivery to a device failed: ${err instanceof Error ? err.name : 'error'}`);
-          conn.close(1011, 'internal error');
-        },
-        () => {
-          this.#log(`delivery to a device failed: ${err instanceof Error ? err.name : 'error'}`);
-          conn.close(1011, 'internal error');
-        },
-      );
+      this.#storage.getDevice(conn.userId, conn.deviceId).then((device) => {
+        if (device !== undefined) return failed();
+        if (this.#pumps.get(key) === pump) this.detach(conn);
+        conn.close(CLOSE_REMOVED, 'the device was removed');
+      }, failed);
     });
     this.#pumps.set(key, pump);
     this.#listener?.attached(conn.userId, conn.deviceId, connectionId);

@@ -35,7 +35,7 @@ import { ApiError } from '../api-error.js';
 import {
   actorOf,
   authorize,
-  channelResource,
+  channelResourceOf,
   deviceSubject,
   requestChannel,
   requestIdentity,
@@ -242,7 +242,7 @@ export async function channelsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
         ctx,
         deviceSubject(me),
         'channel.manage',
-        await channelResource(ctx, ch.id),
+        channelResourceOf(ch),
         `channel.${change.op}`,
       );
     }
@@ -297,17 +297,15 @@ export async function channelsPlugin(app: FastifyInstance, opts: { ctx: ServiceC
       throw new ApiError('BAD_REQUEST', 400, 'the body is not a channel envelope for this channel');
     }
     const envelopes: NewEnvelope[] = [];
-    for (const m of await ctx.storage.channelMembers(ch.id)) {
-      for (const d of await ctx.storage.listDevices(m.userId)) {
-        if (m.userId === me.userId && d.deviceId === me.deviceId) continue;
-        envelopes.push({
-          recipientUserId: m.userId,
-          recipientDeviceId: d.deviceId,
-          senderUserId: me.userId,
-          senderDeviceId: me.deviceId,
-          body,
-        });
-      }
+    for (const d of await ctx.storage.channelMemberDevices(ch.id)) {
+      if (d.userId === me.userId && d.deviceId === me.deviceId) continue;
+      envelopes.push({
+        recipientUserId: d.userId,
+        recipientDeviceId: d.deviceId,
+        senderUserId: me.userId,
+        senderDeviceId: me.deviceId,
+        body,
+      });
     }
     let stored = 0;
     for (let i = 0; i < envelopes.length; i += ENQUEUE_CHUNK) {

@@ -42,7 +42,14 @@ import { parseContentRange, parseRange } from '../../files/http-ranges.js';
 import type { Kms } from '../../kms/kms.js';
 import type { FileRecipients, StoredFile } from '../../storage/types.js';
 import { ApiError } from '../api-error.js';
-import { actorOf, authorize, channelResource, deviceSubject, requestIdentity } from '../authz.js';
+import {
+  authorize,
+  channelResource,
+  deviceSubject,
+  notAMember,
+  ownUnitsResource,
+  requestIdentity,
+} from '../authz.js';
 import { parse, type ServiceContext } from '../context.js';
 import type { SessionIdentity } from '../sessions.js';
 
@@ -52,25 +59,6 @@ export const FILE_SWEEP_INTERVAL_MS = 10 * 60_000;
 /** The status of a file as the wire has it. */
 function fileStatus(f: StoredFile): z.output<typeof WireFileStatus> {
   return { id: f.id, size: f.size, received: f.received, complete: f.complete, createdAt: f.createdAt };
-}
-
-/** Storage and file-store refusals in wire terms; anything else passes unchanged. */
-function toApi(err: unknown): unknown {
-  if (!isServerError(err)) return err;
-  switch (err.code) {
-    case 'FILE_NOT_FOUND':
-      return new ApiError('FILE_NOT_FOUND', 404, 'no such file');
-    case 'FILE_TOO_LARGE':
-      return new ApiError('FILE_TOO_LARGE', 413, err.message);
-    case 'QUOTA_EXCEEDED':
-      return new ApiError('QUOTA_EXCEEDED', 413, err.message);
-    case 'UPLOAD_OFFSET_MISMATCH':
-      return new ApiError('UPLOAD_OFFSET_MISMATCH', 409, `${err.message}; resume from "received"`);
-    case 'FILE_CORRUPT':
-      return new ApiError('FILE_CORRUPT', 500, 'the stored file failed its integrity check');
-    default:
-      return err;
-  }
 }
 
 const notFound = () => new ApiError('FILE_NOT_FOUND', 404, 'no such file');
@@ -147,25 +135,11 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
       if (!channel) throw new ApiError('CHANNEL_NOT_FOUND', 404, 'no such channel');
       await authorize(ctx, subject, 'channel.post', resource, 'POST /v1/files');
       if (!(await ctx.storage.channelMembership(channel.id, me.userId))) {
-        await ctx.audit({
-          actor: await actorOf(ctx, subject),
-          action: 'access.denied',
-          target: resource.target,
-          outcome: 'denied',
-          detail: { reason: 'not-a-member', operation: 'POST /v1/files' },
-        });
-        throw new ApiError('NOT_A_MEMBER', 403, 'you are not a member of this channel');
+        throw await notAMember(ctx, subject, resource, 'POST /v1/files');
       }
       return { kind: 'channel', channelId: channel.id };
     }
-    const g = await ctx.authz.grantsOf(me.userId);
-    await authorize(
-      ctx,
-      subject,
-      'message.send',
-      { units: g.units, target: `user:${g.name ?? me.userId}` },
-      'POST /v1/files',
-    );
+    await authorize(ctx, subject, 'message.send', await ownUnitsResource(ctx, me), 'POST /v1/files');
     const ids: string[] = [];
     for (const name of new Set(body.to ?? [])) {
       const u = await ctx.storage.findUserByName(name);
@@ -196,7 +170,7 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
       if (isServerError(err, 'FILE_TOO_LARGE') || isServerError(err, 'QUOTA_EXCEEDED')) {
         refusals.inc({ code: err.code });
       }
-      throw toApi(err);
+      throw err;
     }
   });
 
@@ -209,11 +183,7 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
   app.delete('/v1/files/:fileId', async (req) => {
     const me = requestIdentity(req);
     const { fileId } = parse(FileIdParam, req.params);
-    try {
-      await files.delete(fileId, me.userId);
-    } catch (err) {
-      throw toApi(err);
-    }
+    await files.delete(fileId, me.userId);
     return { ok: true as const };
   });
 
@@ -259,12 +229,7 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
     if (declared !== undefined && Number(declared) !== length) {
       throw new ApiError('BAD_REQUEST', 400, 'the Content-Length does not match the Content-Range');
     }
-    let updated: StoredFile;
-    try {
-      updated = await files.upload(f, range.start, length, body);
-    } catch (err) {
-      throw toApi(err);
-    }
+    const updated = await files.upload(f, range.start, length, body);
     // The body was read to its end: the connection may be reused.
     reply.removeHeader('connection');
     return fileStatus(updated);
@@ -289,7 +254,7 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
       first = await chunks.next();
     } catch (err) {
       if (isServerError(err, 'FILE_CORRUPT')) ctx.log(`files: ${err.message}`);
-      throw toApi(err);
+      throw err;
     }
     async function* rest(): AsyncGenerator<Buffer, void, undefined> {
       try {
