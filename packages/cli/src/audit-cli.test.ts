@@ -5,8 +5,6 @@
  * from the database file itself — opened with its own key, while the server is stopped —
  * makes `audit verify` fail naming that record.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   DATABASE_FILE,
@@ -15,45 +13,22 @@ import {
   LOCAL_KMS_FILE,
   LocalKms,
   openSqlcipher,
-  type RunningServer,
-  runServer,
 } from '@qalqon/server';
 import { AuditRecordInfo, AuditVerifyResponse, type z } from '@qalqon/wire';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   addAndEnrol,
   oneJson,
   qalqon,
-  TEST_PASSPHRASE,
-  type TestServer,
+  sharedServer,
   withoutKeystoreNotice,
 } from './cli-harness.test-util.js';
 
 type Record = z.output<typeof AuditRecordInfo>;
 
-let root: string;
-let data: string;
-let running: RunningServer | undefined;
-let server: TestServer;
+const server = sharedServer('qalqon-cli-audit-');
 
-async function start(): Promise<void> {
-  running = await runServer({ dataDir: data, listen: '127.0.0.1:0', log: () => undefined });
-  server = { url: running.url, pin: running.pin, data };
-}
-
-beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'qalqon-cli-audit-'));
-  data = join(root, 'server');
-  await start();
-  process.env.QALQON_PASSPHRASE = TEST_PASSPHRASE;
-});
-
-afterAll(async () => {
-  await running?.close();
-  if (root) rmSync(root, { recursive: true, force: true });
-});
-
-const local = (...args: string[]) => qalqon('admin', '--data', data, ...args);
+const local = (...args: string[]) => qalqon('admin', '--data', server.data, ...args);
 
 async function records(...args: string[]): Promise<Record[]> {
   const r = await qalqon('admin', ...args, 'audit', 'list', '--json');
@@ -74,7 +49,7 @@ describe('qalqon admin audit', () => {
     expect((await local('org', 'create', 'ops', '--json')).code).toBe(0);
     expect((await local('role', 'grant', 'erin', 'scribe', '--unit', 'ops', '--json')).code).toBe(0);
 
-    const all = await records('--data', data);
+    const all = await records('--data', server.data);
     for (const [action, target] of [
       ['user.create', 'erin'],
       ['role.create', 'scribe'],
@@ -91,12 +66,12 @@ describe('qalqon admin audit', () => {
     for (let i = 1; i < all.length; i++) expect(all[i]!.prevHash).toBe(all[i - 1]!.hash);
     // Never a secret: the enrolment code of erin is nowhere in the log.
     const code = String(oneJson((await local('user', 'code', 'erin', '--json')).out).enrollmentCode);
-    expect(JSON.stringify(await records('--data', data))).not.toContain(code);
+    expect(JSON.stringify(await records('--data', server.data))).not.toContain(code);
 
     // Human form: one line per record.
     const human = await local('audit', 'list');
     const lines = human.out.split('\n').filter((l) => l !== '');
-    const now = await records('--data', data);
+    const now = await records('--data', server.data);
     expect(lines).toHaveLength(now.length);
     expect(lines[now.indexOf(find(now, 'role.create', 'scribe')!)]).toMatch(
       /^\d+\t\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\toperator\trole\.create\t[^\t]*scribe[^\t]*\tok$/,
@@ -106,18 +81,20 @@ describe('qalqon admin audit', () => {
     const mark = Date.now();
     await new Promise((r) => setTimeout(r, 5));
     expect((await local('org', 'create', 'late', '--json')).code).toBe(0);
-    const since = await records('--data', data, '--since', new Date(mark).toISOString());
+    const since = await records('--data', server.data, '--since', new Date(mark).toISOString());
     expect(since.length).toBeGreaterThan(0);
     expect(since.every((r) => r.at >= mark)).toBe(true);
     expect(find(since, 'org.create', 'late')).toBeDefined();
     expect(find(since, 'org.create', 'ops')).toBeUndefined();
-    expect(await records('--data', data, '--since', String(mark))).toEqual(since);
-    expect(await records('--data', data, '--since', '2000-01-01')).toEqual(await records('--data', data));
+    expect(await records('--data', server.data, '--since', String(mark))).toEqual(since);
+    expect(await records('--data', server.data, '--since', '2000-01-01')).toEqual(
+      await records('--data', server.data),
+    );
 
     const verified = await local('audit', 'verify');
     expect(verified.err).toBe('');
     expect(verified.code).toBe(0);
-    const head = (await records('--data', data)).at(-1)!;
+    const head = (await records('--data', server.data)).at(-1)!;
     expect(verified.out).toBe(`audit log ok: ${head.seq} records, head ${head.seq} ${head.hash}\n`);
     expect(AuditVerifyResponse.parse(oneJson((await local('audit', 'verify', '--json')).out))).toEqual({
       ok: true,
@@ -126,41 +103,40 @@ describe('qalqon admin audit', () => {
     });
 
     // Remotely: an auditor's device reads and verifies the log; a member's is refused.
-    await addAndEnrol(server, join(root, 'aud'), 'aud', '--role', 'auditor');
-    await addAndEnrol(server, join(root, 'mem'), 'mem');
-    const remote = await records('--profile', join(root, 'aud'));
-    expect(remote).toEqual((await records('--data', data)).slice(0, remote.length));
+    await addAndEnrol(server, join(server.root, 'aud'), 'aud', '--role', 'auditor');
+    await addAndEnrol(server, join(server.root, 'mem'), 'mem');
+    const remote = await records('--profile', join(server.root, 'aud'));
+    expect(remote).toEqual((await records('--data', server.data)).slice(0, remote.length));
     expect(find(remote, 'enrolment', 'aud')).toBeDefined();
-    const rv = await qalqon('admin', '--profile', join(root, 'aud'), 'audit', 'verify');
+    const rv = await qalqon('admin', '--profile', join(server.root, 'aud'), 'audit', 'verify');
     expect(withoutKeystoreNotice(rv.err)).toBe('');
     expect(rv.code).toBe(0);
     expect(rv.out).toMatch(/^audit log ok: \d+ records, head \d+ [0-9a-f]{64}\n$/);
     for (const verb of ['list', 'verify']) {
-      const refused = await qalqon('admin', '--profile', join(root, 'mem'), 'audit', verb, '--json');
+      const refused = await qalqon('admin', '--profile', join(server.root, 'mem'), 'audit', verb, '--json');
       expect(refused.code).toBe(1);
       expect(refused.out).toBe('');
       expect(withoutKeystoreNotice(refused.err)).toMatch(/^qalqon: [^\n]*\(FORBIDDEN\)\.\n$/);
     }
     // The refusal itself is on the record.
     expect(
-      (await records('--data', data)).find(
+      (await records('--data', server.data)).find(
         (r) => r.outcome === 'denied' && r.actor.kind === 'device' && r.actor.userName === 'mem',
       ),
     ).toBeDefined();
   });
 
   it('names the record removed from the database file, and fails with exit 1', async () => {
-    const before = await records('--data', data);
+    const before = await records('--data', server.data);
     expect(before.length).toBeGreaterThan(5);
     const victim = before[2]!.seq;
-    await running!.close();
-    running = undefined;
+    await server.stop();
 
     // Tamper as someone holding the server's keys would: the SQLCipher file opened with its own key.
-    const kms = await LocalKms.open(join(data, LOCAL_KMS_FILE));
+    const kms = await LocalKms.open(join(server.data, LOCAL_KMS_FILE));
     try {
-      const registry = await DekRegistry.open(join(data, DEK_FILE), kms);
-      const db = openSqlcipher(join(data, DATABASE_FILE), await registry.get('database'));
+      const registry = await DekRegistry.open(join(server.data, DEK_FILE), kms);
+      const db = openSqlcipher(join(server.data, DATABASE_FILE), await registry.get('database'));
       try {
         expect(db.prepare('DELETE FROM audit_log WHERE seq = ?').run(victim).changes).toBe(1);
       } finally {
@@ -169,7 +145,7 @@ describe('qalqon admin audit', () => {
     } finally {
       await kms.close();
     }
-    await start();
+    await server.start();
 
     const human = await local('audit', 'verify');
     expect(human.code).toBe(1);
@@ -181,7 +157,7 @@ describe('qalqon admin audit', () => {
     expect(json.code).toBe(1);
     expect(oneJson(json.out)).toMatchObject({ ok: false, seq: victim, problem: 'removed' });
     // The listing shows the gap.
-    const after = (await records('--data', data)).map((r) => r.seq);
+    const after = (await records('--data', server.data)).map((r) => r.seq);
     expect(after).not.toContain(victim);
     expect(after).toContain(victim + 1);
   });

@@ -16,19 +16,18 @@ import { DEK_FILE, DekRegistry, LocalKms, openEmbeddedStorage } from '@qalqon/se
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { firstLine } from '../../../tests/support/ts-child.js';
 import { formatProgress, progressLine } from './backup-commands.js';
-import { run } from './cli.js';
 import {
   addAndEnrol,
   cliHarness,
   oneJson,
   qalqon,
+  qalqonTty,
   type Started,
   stopServer,
   TEST_PASSPHRASE,
   userNames,
   withoutKeystoreNotice,
 } from './cli-harness.test-util.js';
-import type { CliIo } from './io.js';
 
 const { tempDir, spawnQalqon, startServer } = cliHarness('qalqon-cli-backup-');
 /** The escape character of the terminal's clear-to-end-of-line sequence. */
@@ -84,23 +83,6 @@ async function stop(child: ChildProcess): Promise<void> {
   const exited = new Promise((resolve) => child.once('exit', resolve));
   child.kill('SIGTERM');
   await exited;
-}
-
-/** Runs `qalqon ARGV` in-process with an io that says whether stderr is a terminal. */
-async function qalqonTty(tty: boolean, ...argv: string[]) {
-  let out = '';
-  let err = '';
-  const io: CliIo & { stderrIsTTY: boolean } = {
-    stdout: (t) => {
-      out += t;
-    },
-    stderr: (t) => {
-      err += t;
-    },
-    stderrIsTTY: tty,
-  };
-  const code = await run(argv, io);
-  return { code, out, err };
 }
 
 interface AuditRow {
@@ -480,7 +462,7 @@ describe('qalqon admin export', () => {
     quiet.done();
     expect(err).toBe('');
     let t = 0;
-    const p = progressLine({ ...io, stderrIsTTY: true } as CliIo, () => t);
+    const p = progressLine({ ...io, stderrIsTTY: true }, () => t);
     p.update('verifying', 0, 100);
     p.update('verifying', 50, 100); // throttled: same time
     t = 500;

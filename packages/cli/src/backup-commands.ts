@@ -40,7 +40,7 @@ import {
   restoreBackup,
 } from '@qalqon/server';
 import { type AdminArchiveRequestJson, ErrorResponse, EXPORT_PART_NAMES } from '@qalqon/wire';
-import { type CliIo, EXIT_OK, processIo, RefusedError, UsageError } from './io.js';
+import { type CliIo, EXIT_OK, RefusedError, stderrIsTTY, UsageError } from './io.js';
 
 export const BACKUP_USAGE = `  qalqon admin --data DIR backup --out FILE [--recovery-key] [--json]
   qalqon admin --data DIR export --out FILE [directory] [channels] [audit] [--recovery-key] [--json]
@@ -102,13 +102,6 @@ function unit(n: number): string {
 export function formatProgress(label: string, done: number, total: number): string {
   const pct = total > 0 ? Math.floor((Math.min(done, total) / total) * 100) : 100;
   return `${label}: ${unit(done)} of ${unit(total)} (${pct}%)`;
-}
-
-/** Is this process's stderr a terminal? An io may say so itself (`stderrIsTTY`), as tests do. */
-function stderrIsTTY(io: CliIo): boolean {
-  const declared = (io as CliIo & { stderrIsTTY?: boolean }).stderrIsTTY;
-  if (declared !== undefined) return declared;
-  return io === processIo && process.stderr.isTTY === true;
 }
 
 export interface Progress {

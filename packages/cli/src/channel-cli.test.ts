@@ -5,41 +5,25 @@
  * name, a removed member gets nothing more, and `channel members` shows the membership
  * the signed log proves.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type RunningServer, runServer } from '@qalqon/server';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   addAndEnrol,
   oneJson,
   qalqon,
-  TEST_PASSPHRASE,
-  type TestServer,
+  sharedServer,
   withoutKeystoreNotice,
 } from './cli-harness.test-util.js';
 
-let root: string;
-let running: RunningServer;
-let server: TestServer;
+const server = sharedServer('qalqon-cli-channel-');
 
 beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'qalqon-cli-channel-'));
-  const data = join(root, 'server');
-  running = await runServer({ dataDir: data, listen: '127.0.0.1:0', log: () => undefined });
-  server = { url: running.url, pin: running.pin, data };
-  process.env.QALQON_PASSPHRASE = TEST_PASSPHRASE;
-  for (const name of ['alice', 'bob', 'carol']) await addAndEnrol(server, join(root, name), name);
+  for (const name of ['alice', 'bob', 'carol']) await addAndEnrol(server, join(server.root, name), name);
   // A guest may post but not create channels.
-  await addAndEnrol(server, join(root, 'gus'), 'gus', '--role', 'guest');
+  await addAndEnrol(server, join(server.root, 'gus'), 'gus', '--role', 'guest');
 });
 
-afterAll(async () => {
-  await running?.close();
-  if (root) rmSync(root, { recursive: true, force: true });
-});
-
-const as = (user: string, ...args: string[]) => qalqon(...args, '--profile', join(root, user));
+const as = (user: string, ...args: string[]) => qalqon(...args, '--profile', join(server.root, user));
 
 async function ok(r: Promise<{ code: number; out: string; err: string }>): Promise<string> {
   const x = await r;

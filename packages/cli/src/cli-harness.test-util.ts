@@ -8,7 +8,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { get } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, expect } from 'vitest';
+import { type RunningServer, runServer } from '@qalqon/server';
+import { afterAll, afterEach, beforeAll, expect } from 'vitest';
 import { childRunner, type EnvChanges, firstLine, sourceUrl } from '../../../tests/support/ts-child.js';
 import { run } from './cli.js';
 import type { CliIo } from './io.js';
@@ -20,7 +21,16 @@ export interface CliResult {
 }
 
 /** Runs `qalqon ARGV` in this process. */
-export async function qalqon(...argv: string[]): Promise<CliResult & { code: number }> {
+export function qalqon(...argv: string[]): Promise<CliResult & { code: number }> {
+  return runCaptured(argv, undefined);
+}
+
+/** Runs `qalqon ARGV` in this process with an io that says whether stderr is a terminal. */
+export function qalqonTty(tty: boolean, ...argv: string[]): Promise<CliResult & { code: number }> {
+  return runCaptured(argv, tty);
+}
+
+async function runCaptured(argv: string[], tty: boolean | undefined): Promise<CliResult & { code: number }> {
   let out = '';
   let err = '';
   const io: CliIo = {
@@ -30,6 +40,7 @@ export async function qalqon(...argv: string[]): Promise<CliResult & { code: num
     stderr: (t) => {
       err += t;
     },
+    ...(tty === undefined ? {} : { stderrIsTTY: tty }),
   };
   const code = await run(argv, io);
   return { code, out, err };
@@ -145,6 +156,64 @@ export interface TestServer {
   readonly url: string;
   readonly pin: string;
   readonly data: string;
+}
+
+/** A server shared by the tests of one file (see `sharedServer`). */
+export interface SharedServer extends TestServer {
+  /** The file's temporary directory: the server's data is `root/server`, profiles go beside it. */
+  readonly root: string;
+  /** Closes the server; its data directory stays. */
+  stop(): Promise<void>;
+  /** Starts the server again on the same data directory (on a new port). */
+  start(): Promise<void>;
+}
+
+/**
+ * Call once at the top of a test file: before its tests, a real server (`runServer`: TLS 1.3,
+ * SQLCipher, the admin socket) in a fresh temporary directory, with QALQON_PASSPHRASE set to
+ * TEST_PASSPHRASE; after them, the server closed and the directory removed. A `beforeAll`
+ * the file registers after this call runs once the server is up.
+ */
+export function sharedServer(prefix: string): SharedServer {
+  let root = '';
+  let running: RunningServer | undefined;
+  const data = () => join(root, 'server');
+  const current = () => {
+    if (!running) throw new Error('the shared test server is not running');
+    return running;
+  };
+  const start = async () => {
+    running = await runServer({ dataDir: data(), listen: '127.0.0.1:0', log: () => undefined });
+  };
+  const stop = async () => {
+    await current().close();
+    running = undefined;
+  };
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), prefix));
+    await start();
+    process.env.QALQON_PASSPHRASE = TEST_PASSPHRASE;
+  });
+  afterAll(async () => {
+    await running?.close();
+    if (root) rmSync(root, { recursive: true, force: true });
+  });
+  return {
+    get root() {
+      return root;
+    },
+    get data() {
+      return data();
+    },
+    get url() {
+      return current().url;
+    },
+    get pin() {
+      return current().pin;
+    },
+    start,
+    stop,
+  };
 }
 
 /**

@@ -7,45 +7,26 @@
  * checked on the way: JSON on stdout, one sentence on stderr, exit 1 refused / 2 usage.
  */
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readSettings, unwrapKey } from '@qalqon/client';
-import { type RunningServer, runServer } from '@qalqon/server';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { adminRequest } from './admin-client.js';
 import { run } from './cli.js';
+import { TEST_PASSPHRASE as PASSPHRASE, qalqon, sharedServer } from './cli-harness.test-util.js';
 import type { CliIo } from './io.js';
 
-const PASSPHRASE = 'correct horse battery staple';
-let root: string;
-let server: RunningServer;
+const server = sharedServer('qalqon-cli-client-');
 
-beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'qalqon-cli-client-'));
-  server = await runServer({ dataDir: join(root, 'server'), listen: '127.0.0.1:0', log: () => undefined });
-  process.env.QALQON_PASSPHRASE = PASSPHRASE;
-});
-
-afterAll(async () => {
-  await server?.close();
-  if (root) rmSync(root, { recursive: true, force: true });
-});
-
-interface Result {
-  code: number;
-  out: string;
-  err: string;
-}
-
-function capture(onOut?: (text: string) => void): { io: CliIo; result: () => { out: string; err: string } } {
+/** An io that keeps what was written and shows stdout to `onOut` as it comes. */
+function capture(onOut: (text: string) => void): { io: CliIo; result: () => { out: string; err: string } } {
   let out = '';
   let err = '';
   return {
     io: {
       stdout: (t) => {
         out += t;
-        onOut?.(t);
+        onOut(t);
       },
       stderr: (t) => {
         err += t;
@@ -55,12 +36,6 @@ function capture(onOut?: (text: string) => void): { io: CliIo; result: () => { o
   };
 }
 
-async function qalqon(...argv: string[]): Promise<Result> {
-  const c = capture();
-  const code = await run(argv, c.io);
-  return { code, ...c.result() };
-}
-
 function json(out: string): Record<string, unknown>[] {
   return out
     .split('\n')
@@ -68,10 +43,10 @@ function json(out: string): Record<string, unknown>[] {
     .map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
-const profile = (name: string) => join(root, name);
+const profile = (name: string) => join(server.root, name);
 
 async function code(name: string): Promise<string> {
-  const r = await adminRequest(join(root, 'server'), { op: 'user.add', name });
+  const r = await adminRequest(server.data, { op: 'user.add', name });
   return String(r.enrollmentCode);
 }
 
@@ -258,7 +233,7 @@ describe('qalqon client commands', () => {
 
   it('refuses to create a profile without a reachable secure store unless --keystore passphrase', async () => {
     const saved = process.env.DBUS_SESSION_BUS_ADDRESS;
-    process.env.DBUS_SESSION_BUS_ADDRESS = `unix:path=${join(root, 'no-such-bus')}`;
+    process.env.DBUS_SESSION_BUS_ADDRESS = `unix:path=${join(server.root, 'no-such-bus')}`;
     try {
       const r = await qalqon(
         'enroll',

@@ -5,41 +5,25 @@
  */
 
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type RunningServer, runServer } from '@qalqon/server';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { run } from './cli.js';
+import { beforeAll, describe, expect, it } from 'vitest';
 import {
   addAndEnrol,
   oneJson,
   qalqon,
-  TEST_PASSPHRASE,
-  type TestServer,
+  qalqonTty,
+  sharedServer,
   withoutKeystoreNotice,
 } from './cli-harness.test-util.js';
-import type { CliIo } from './io.js';
 
-let root: string;
-let running: RunningServer;
-let server: TestServer;
+const server = sharedServer('qalqon-cli-file-');
 
 beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'qalqon-cli-file-'));
-  const data = join(root, 'server');
-  running = await runServer({ dataDir: data, listen: '127.0.0.1:0', log: () => undefined });
-  server = { url: running.url, pin: running.pin, data };
-  process.env.QALQON_PASSPHRASE = TEST_PASSPHRASE;
-  for (const name of ['alice', 'bob']) await addAndEnrol(server, join(root, name), name);
+  for (const name of ['alice', 'bob']) await addAndEnrol(server, join(server.root, name), name);
 });
 
-afterAll(async () => {
-  await running?.close();
-  if (root) rmSync(root, { recursive: true, force: true });
-});
-
-const as = (user: string, ...args: string[]) => qalqon(...args, '--profile', join(root, user));
+const as = (user: string, ...args: string[]) => qalqon(...args, '--profile', join(server.root, user));
 
 async function ok(
   r: Promise<{ code: number; out: string; err: string }>,
@@ -50,24 +34,10 @@ async function ok(
 }
 
 /** `qalqon ARGV` with an io whose stderr claims to be a terminal. */
-async function onTerminal(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const io: CliIo & { stderrIsTTY: boolean } = {
-    stdout: (t) => {
-      out += t;
-    },
-    stderr: (t) => {
-      err += t;
-    },
-    stderrIsTTY: true,
-  };
-  const code = await run(argv, io);
-  return { code, out, err };
-}
+const onTerminal = (...argv: string[]) => qalqonTty(true, ...argv);
 
 function source(name: string, bytes: Uint8Array): string {
-  const dir = mkdtempSync(join(root, 'src-'));
+  const dir = mkdtempSync(join(server.root, 'src-'));
   const p = join(dir, name);
   writeFileSync(p, bytes);
   return p;
@@ -92,7 +62,7 @@ describe('qalqon file', () => {
     const recv = await ok(as('bob', 'recv'));
     expect(recv.out).toBe(`alice: [file report.bin, 195 KiB, id ${sent.fileId}]\n`);
 
-    const outDir = mkdtempSync(join(root, 'out-'));
+    const outDir = mkdtempSync(join(server.root, 'out-'));
     const target = join(outDir, 'copy.bin');
     const got = oneJson(
       (await ok(as('bob', 'file', 'get', String(sent.fileId), '--out', target, '--json'))).out,
@@ -134,7 +104,7 @@ describe('qalqon file', () => {
       'file',
       'send',
       '--profile',
-      join(root, 'alice'),
+      join(server.root, 'alice'),
       '--to',
       'bob',
       path,
@@ -152,12 +122,12 @@ describe('qalqon file', () => {
     // The line is cleared before the result.
     expect(sent.err.endsWith('\r\x1b[K')).toBe(true);
     await ok(as('bob', 'recv'));
-    const target = join(mkdtempSync(join(root, 'out-')), 'big.bin');
+    const target = join(mkdtempSync(join(server.root, 'out-')), 'big.bin');
     const got = await onTerminal(
       'file',
       'get',
       '--profile',
-      join(root, 'bob'),
+      join(server.root, 'bob'),
       String(r.fileId),
       '--out',
       target,
@@ -181,12 +151,12 @@ describe('qalqon file', () => {
     expect(noOut.err).toContain('--out is required');
     const both = await as('alice', 'file', 'send', '--to', 'bob', '--channel', 'docs', '/etc/hostname');
     expect(both.code).toBe(2);
-    const unknown = await as('bob', 'file', 'get', 'b'.repeat(32), '--out', join(root, 'nothing'));
+    const unknown = await as('bob', 'file', 'get', 'b'.repeat(32), '--out', join(server.root, 'nothing'));
     expect(unknown.code).toBe(1);
     expect(withoutKeystoreNotice(unknown.err)).toBe(
       `qalqon: no message in this profile carries a file with the id ${'b'.repeat(32)}.\n`,
     );
-    const missing = await as('alice', 'file', 'send', '--to', 'bob', join(root, 'does-not-exist'));
+    const missing = await as('alice', 'file', 'send', '--to', 'bob', join(server.root, 'does-not-exist'));
     expect(missing.code).toBe(1);
     expect(withoutKeystoreNotice(missing.err)).toBe('qalqon: cannot open the file to send (ENOENT).\n');
     const verb = await as('alice', 'file', 'share');

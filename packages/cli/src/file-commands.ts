@@ -6,7 +6,7 @@
  */
 import type { FileProgress } from '@qalqon/client';
 import { type ClientValues, formatBytes, terminalSafe, withClient } from './client-commands.js';
-import { type CliIo, EXIT_OK, processIo, UsageError } from './io.js';
+import { type CliIo, EXIT_OK, stderrIsTTY, UsageError } from './io.js';
 
 export const FILE_USAGE = `  qalqon file send --profile DIR (--to USER | --channel NAME) PATH [--json]
   qalqon file get --profile DIR FILE_ID --out PATH [--json]
@@ -20,16 +20,9 @@ export interface FileValues extends ClientValues {
 /** How often the progress line is redrawn at most. */
 const PROGRESS_INTERVAL_MS = 100;
 
-/** Whether `io`'s stderr is a terminal (an injected io may say so itself, for tests). */
-function stderrIsTty(io: CliIo): boolean {
-  const own = (io as { stderrIsTTY?: unknown }).stderrIsTTY;
-  if (typeof own === 'boolean') return own;
-  return io === processIo && process.stderr.isTTY === true;
-}
-
 /** The progress line: redrawn in place on a terminal, silent otherwise. */
 export function progressLine(io: CliIo): { onProgress: (p: FileProgress) => void; clear: () => void } {
-  if (!stderrIsTty(io)) return { onProgress: () => undefined, clear: () => undefined };
+  if (!stderrIsTTY(io)) return { onProgress: () => undefined, clear: () => undefined };
   let phase = '';
   let started = 0;
   let startBytes = 0;

@@ -2,12 +2,20 @@
 export interface CliIo {
   stdout(text: string): void;
   stderr(text: string): void;
+  /** Whether stderr is a terminal, for an io that says so itself (as tests do). */
+  readonly stderrIsTTY?: boolean;
 }
 
 export const processIo: CliIo = {
   stdout: (t) => process.stdout.write(t),
   stderr: (t) => process.stderr.write(t),
 };
+
+/** Is `io`'s stderr a terminal? An io may say so itself (`stderrIsTTY`); else only this process's may be. */
+export function stderrIsTTY(io: CliIo): boolean {
+  if (io.stderrIsTTY !== undefined) return io.stderrIsTTY;
+  return io === processIo && process.stderr.isTTY === true;
+}
 
 /** Bad usage: exit status 2. */
 export class UsageError extends Error {

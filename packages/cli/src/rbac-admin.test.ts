@@ -4,41 +4,23 @@
  * (--data), then remotely over the pinned HTTPS connection of enrolled devices
  * (--profile), where an admin-role user's device may and a member's device is refused.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type RunningServer, runServer } from '@qalqon/server';
 import { BUILTIN_ROLES } from '@qalqon/wire';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   addAndEnrol,
   oneJson,
   qalqon,
+  sharedServer,
   TEST_PASSPHRASE,
-  type TestServer,
   withoutKeystoreNotice,
 } from './cli-harness.test-util.js';
 
-let root: string;
-let running: RunningServer;
-let server: TestServer;
-
-beforeAll(async () => {
-  root = mkdtempSync(join(tmpdir(), 'qalqon-cli-rbac-'));
-  const data = join(root, 'server');
-  running = await runServer({ dataDir: data, listen: '127.0.0.1:0', log: () => undefined });
-  server = { url: running.url, pin: running.pin, data };
-  process.env.QALQON_PASSPHRASE = TEST_PASSPHRASE;
-});
-
-afterAll(async () => {
-  await running?.close();
-  if (root) rmSync(root, { recursive: true, force: true });
-});
+const server = sharedServer('qalqon-cli-rbac-');
 
 const local = (...args: string[]) => qalqon('admin', '--data', server.data, ...args);
 const remote = (profile: string, ...args: string[]) =>
-  qalqon('admin', '--profile', join(root, profile), ...args);
+  qalqon('admin', '--profile', join(server.root, profile), ...args);
 
 /** Runs a --json command that must succeed, and returns its one JSON object. */
 async function ok(r: Promise<{ code: number; out: string; err: string }>): Promise<Record<string, unknown>> {
@@ -213,8 +195,8 @@ describe('qalqon admin role|org over the local admin socket', () => {
 
 describe('qalqon admin --profile: remote administration by permission', () => {
   it("lets an admin-role user's device administer, and refuses a member's device with FORBIDDEN", async () => {
-    await addAndEnrol(server, join(root, 'boss'), 'boss', '--role', 'admin');
-    await addAndEnrol(server, join(root, 'mia'), 'mia');
+    await addAndEnrol(server, join(server.root, 'boss'), 'boss', '--role', 'admin');
+    await addAndEnrol(server, join(server.root, 'mia'), 'mia');
     // A plain member reads and changes nothing administrative.
     for (const argv of [
       ['role', 'list'],
@@ -299,9 +281,9 @@ describe('qalqon admin --profile: remote administration by permission', () => {
 
     // Server-only operations are usage errors remotely, and --data with --profile is too.
     for (const argv of [
-      ['admin', '--profile', join(root, 'boss'), 'kms', 'status'],
-      ['admin', '--profile', join(root, 'boss'), 'user', 'code', 'newbie'],
-      ['admin', '--data', server.data, '--profile', join(root, 'boss'), 'role', 'list'],
+      ['admin', '--profile', join(server.root, 'boss'), 'kms', 'status'],
+      ['admin', '--profile', join(server.root, 'boss'), 'user', 'code', 'newbie'],
+      ['admin', '--data', server.data, '--profile', join(server.root, 'boss'), 'role', 'list'],
       ['admin', 'role', 'list'],
     ]) {
       const r = await qalqon(...argv);

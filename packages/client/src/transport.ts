@@ -202,16 +202,11 @@ export class ServerConnection {
   ): Promise<z.output<S>> {
     const socket = await connectPinned(this.server, this.pins);
     const payload = body === undefined ? undefined : JSON.stringify(body);
-    const headers: Record<string, string> = {
-      // The URL's authority (IPv6 literals keep their brackets).
-      host: new URL(this.server.url).host,
-      connection: 'close',
-    };
+    const headers = this.#headers();
     if (payload !== undefined) {
       headers['content-type'] = 'application/json';
       headers['content-length'] = String(Buffer.byteLength(payload));
     }
-    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
       const req = request({
         method,
@@ -231,43 +226,15 @@ export class ServerConnection {
         ),
       );
       req.on('response', (res: IncomingMessage) => {
-        const chunks: Buffer[] = [];
-        let size = 0;
-        res.on('data', (c: Buffer) => {
-          size += c.length;
-          if (size > MAX_RESPONSE_BYTES) {
-            req.destroy(
-              new ClientError('SERVER_PROTOCOL', `the server's answer exceeds ${MAX_RESPONSE_BYTES} bytes`),
-            );
-            return;
-          }
-          chunks.push(c);
-        });
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }),
-        );
-        res.on('error', reject);
+        readBounded(res).then((t) => resolve({ status: res.statusCode ?? 0, text: t }), reject);
       });
       req.end(payload);
     });
-    if (status < 200 || status >= 300) throw wireErrorFrom(status, text);
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      throw new ClientError('SERVER_PROTOCOL', `the server's answer to ${method} ${path} is not JSON`);
-    }
-    const parsed = schema.safeParse(json);
-    if (!parsed.success) {
-      throw new ClientError(
-        'SERVER_PROTOCOL',
-        `the server's answer to ${method} ${path} is off the wire contract`,
-      );
-    }
-    return parsed.data as z.output<S>;
+    return this.#parse(method, path, schema, status, text);
   }
 
   #headers(): Record<string, string> {
+    // The URL's authority (IPv6 literals keep their brackets).
     const headers: Record<string, string> = { host: new URL(this.server.url).host, connection: 'close' };
     if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
     return headers;
