@@ -148,7 +148,7 @@ describe('streaming a large file', () => {
       gc();
       peak = Math.max(peak, used());
       samples++;
-    }, 250);
+    }, 100);
     let result: Awaited<ReturnType<typeof transfer>>;
     try {
       result = await transfer(SIZE);
@@ -160,7 +160,8 @@ describe('streaming a large file', () => {
       `streamed ${Math.round(SIZE / MiB)} MiB: upload ${result.uploadMs} ms, download ${result.downloadMs} ms, ` +
         `server live memory growth ${(growth / MiB).toFixed(1)} MiB at most (${samples} samples)`,
     );
-    expect(samples).toBeGreaterThan(10);
+    // The sampler must have run during the transfer (at least 0.5 s of it), not only around it.
+    expect(samples).toBeGreaterThanOrEqual(5);
     expect(growth).toBeLessThan(MAX_GROWTH);
   }, 60_000);
 });
