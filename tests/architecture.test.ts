@@ -14,10 +14,11 @@ const root = fileURLToPath(new URL('..', import.meta.url));
 /** package → the workspace packages it may import. */
 const ALLOWED: Record<string, readonly string[]> = {
   crypto: [],
+  fsio: [],
   protocol: ['crypto'],
   wire: [],
-  server: ['wire', 'crypto'],
-  client: ['protocol', 'crypto', 'wire'],
+  server: ['wire', 'crypto', 'fsio'],
+  client: ['protocol', 'crypto', 'wire', 'fsio'],
   cli: ['server', 'client', 'wire'],
 };
 

@@ -45,6 +45,8 @@ import {
 import { isWireError } from '@qalqon/wire';
 import { Jimp } from 'jimp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UPLOAD_PART_BYTES } from '../../packages/client/src/files.js';
+import { FILE_CHUNK_BYTES } from '../../packages/server/src/files/chunk-format.js';
 import { FileStore } from '../../packages/server/src/files/file-store.js';
 import { type Harness, startHarness } from '../../packages/server/src/service/harness.test-util.js';
 
@@ -134,7 +136,7 @@ class Relay {
         head += chunk.toString('latin1');
         const line = head.split('\r\n')[0]!;
         if (head.includes('\r\n')) {
-          const range = /\r\nrange: ([^\r]*)/i.exec(head)?.[1];
+          const range = /\r\n(?:content-)?range: ([^\r]*)/i.exec(head)?.[1];
           this.requests.push(range ? `${line} [${range}]` : line);
           isUpload = /^PUT \/v1\/files\/[0-9a-f]{32}\/content /.test(line);
           isDownload = /^GET \/v1\/files\/[0-9a-f]{32}\/content /.test(line);
@@ -361,6 +363,28 @@ describe('end-to-end encrypted files over real TLS with real profiles', () => {
     await bob.getFile(r.fileId, out.path);
     expect(readFileSync(out.path).equals(readFileSync(path))).toBe(true);
   });
+
+  it('sends a file larger than one request in parts that each end on a chunk boundary of the server', async () => {
+    // Just over UPLOAD_PART_BYTES of ciphertext: two PUTs.
+    const size = UPLOAD_PART_BYTES + 3 * 1024 * 1024;
+    const path = makeFile(size);
+    relay.requests.length = 0;
+    const r = await alice.sendFile({ to: 'bob' }, path);
+    const puts = relay.requests.filter((l) => l.startsWith(`PUT /v1/files/${r.fileId}/content `));
+    expect(puts).toHaveLength(2);
+    const ranges = puts.map((l) => /\[bytes (\d+)-(\d+)\/(\d+)\]$/.exec(l)!.slice(1).map(Number));
+    const [[s0, e0, total], [s1, e1]] = ranges as [[number, number, number], [number, number]];
+    expect(s0).toBe(0);
+    expect((e0 + 1) % FILE_CHUNK_BYTES).toBe(0);
+    expect(e0 + 1).toBeLessThanOrEqual(UPLOAD_PART_BYTES);
+    expect([s1, e1 + 1]).toEqual([e0 + 1, total]);
+    await drain(bob);
+    const out = outPath();
+    await bob.getFile(r.fileId, out.path);
+    expect(readFileSync(out.path).equals(readFileSync(path))).toBe(true);
+    rmSync(path);
+    rmSync(out.dir, { recursive: true, force: true });
+  }, 120_000);
 
   it('resumes a download cut off mid-stream with a Range request', async () => {
     const size = 2 * 1024 * 1024 + 100;

@@ -22,8 +22,8 @@ import { createHash } from 'node:crypto';
 import { constants as fsConstants, type Stats } from 'node:fs';
 import { type FileHandle, lstat, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { Readable } from 'node:stream';
 import { AES256_KEY_LEN, constantTimeEqual, GCM_TAG_LEN, randomBytes } from '@qalqon/crypto';
+import { AlignedPool, DirectFile } from '@qalqon/fsio';
 import { FileStatus, isWireError, OkResponse } from '@qalqon/wire';
 import { ClientError } from './errors.js';
 import {
@@ -40,12 +40,12 @@ import {
 import type { ServerConnection } from './transport.js';
 
 /**
- * Ciphertext bytes per PUT. A power of two, so every part but the last ends on a boundary
- * of the server's at-rest chunks (it requires that of a PUT that does not reach the end of
- * the file). A broken PUT costs little: the server keeps every whole chunk it received, and
- * the upload resumes from there. Each PUT is a new connection and ends with the server
- * storing its last batch before it answers, during which nothing flows: 256 MiB makes that
- * pause rare.
+ * Ciphertext bytes per PUT, at most: rounded down to a multiple of the file's at-rest chunk
+ * size as the server reports it (`chunkSize`), so every part but the last ends on a chunk
+ * boundary (the server requires that of a PUT that does not reach the end of the file). A
+ * broken PUT costs little: the server keeps every whole chunk it received, and the upload
+ * resumes from there. Each PUT is a new connection and ends with the server storing its
+ * last batch before it answers, during which nothing flows: 256 MiB makes that pause rare.
  */
 export const UPLOAD_PART_BYTES = 256 * 1024 * 1024;
 /** Consecutive failed attempts (without progress) before an upload or download gives up. */
@@ -218,6 +218,7 @@ async function* sealedStream(
   to: number,
   hash: { update(b: Uint8Array): void; segments: number },
   onSent: (bytes: number) => void,
+  sealedBuffers: SealedBuffers,
 ): AsyncGenerator<Uint8Array> {
   const count = segmentCount(src.size);
   const lastOfFile = count - 1;
@@ -264,7 +265,7 @@ async function* sealedStream(
       hash.update(plain.subarray((hash.segments - s) * FILE_SEGMENT_BYTES));
       hash.segments = e;
     }
-    const sealed = Buffer.allocUnsafe(plain.length + (e - s) * GCM_TAG_LEN);
+    const sealed = sealedBuffers.take(plain.length + (e - s) * GCM_TAG_LEN);
     sealSegmentsInto(key, s, lastOfFile, plain, sealed);
     done(into);
     const at = sealedOffset(s);
@@ -272,6 +273,33 @@ async function* sealedStream(
     yield piece;
     onSent(piece.length);
     s = e;
+  }
+}
+
+/**
+ * The buffers a block's sealed segments are written into, reused once the socket has
+ * written them out (`give`, from the upload's onWritten): an upload allocates a few, not
+ * one per block. Each piece handed out is a view of one of them; `give` takes any such view.
+ */
+class SealedBuffers {
+  readonly #free: Uint8Array[] = [];
+  readonly #size = READ_BLOCK_SEGMENTS * FILE_SEALED_SEGMENT_BYTES;
+
+  /** A view of exactly `length` bytes (at most a block's) of a free buffer. */
+  take(length: number): Uint8Array {
+    const whole = this.#free.pop() ?? new Uint8Array(this.#size);
+    return whole.subarray(0, length);
+  }
+
+  /** Gives back the buffer `view` lies in (kept if there are fewer than three spare). */
+  give(view: Uint8Array): void {
+    if (
+      view.buffer.byteLength === this.#size &&
+      this.#free.length < 3 &&
+      view.buffer instanceof ArrayBuffer
+    ) {
+      this.#free.push(new Uint8Array(view.buffer));
+    }
   }
 }
 
@@ -294,32 +322,39 @@ export async function uploadFile(
   }
   const id = created.id;
   const path = `/v1/files/${id}`;
+  const partBytes = Math.max(1, Math.floor(UPLOAD_PART_BYTES / created.chunkSize)) * created.chunkSize;
   const hasher = createHash('sha256');
   const hash = { update: (b: Uint8Array) => hasher.update(b), segments: 0 };
+  const sealedBuffers = new SealedBuffers();
   try {
     let offset = 0;
     let failures = 0;
     onProgress?.({ phase, done: 0, total });
     while (offset < total) {
-      const end = Math.min(total, (Math.floor(offset / UPLOAD_PART_BYTES) + 1) * UPLOAD_PART_BYTES);
+      const end = Math.min(total, (Math.floor(offset / partBytes) + 1) * partBytes);
       let sent = offset;
       try {
-        const body = Readable.from(
-          sealedStream(src, key, offset, end, hash, (n) => {
+        const body = sealedStream(
+          src,
+          key,
+          offset,
+          end,
+          hash,
+          (n) => {
             sent += n;
             onProgress?.({ phase, done: sent, total });
-          }),
-          // Two blocks: the next is sealed while the socket still sends the one before.
-          { objectMode: false, highWaterMark: 2 * READ_BLOCK_SEGMENTS * FILE_SEALED_SEGMENT_BYTES },
+          },
+          sealedBuffers,
         );
+        // The next block is sealed while the socket still sends the one before (upload's
+        // pieces in flight); a block's buffer is sealed into again once it is written out.
         const st = await conn.upload(
           `${path}/content`,
           FileStatus,
           end - offset,
-          {
-            'content-range': `bytes ${offset}-${end - 1}/${total}`,
-          },
+          { 'content-range': `bytes ${offset}-${end - 1}/${total}` },
           body,
+          (piece) => sealedBuffers.give(piece),
         );
         if (st.id !== id || st.size !== total || st.received < end) {
           throw new ClientError('SERVER_PROTOCOL', 'the server did not take the upload as sent');
@@ -356,7 +391,7 @@ export async function uploadFile(
 // --- download --------------------------------------------------------------------------------
 
 /** `path` must not exist yet and its directory must; the temporary file goes beside it. */
-async function prepareOutput(outPath: string): Promise<{ tmp: string; handle: FileHandle }> {
+async function prepareOutput(outPath: string): Promise<{ tmp: string; handle: DirectFile }> {
   if (typeof outPath !== 'string' || outPath === '') {
     throw new ClientError('INVALID_ARGUMENT', '"out" expected a file path');
   }
@@ -368,7 +403,10 @@ async function prepareOutput(outPath: string): Promise<{ tmp: string; handle: Fi
     `.${basename(outPath)}.${Buffer.from(randomBytes(6)).toString('hex')}.part`,
   );
   try {
-    return { tmp, handle: await open(tmp, 'wx', 0o600) };
+    // Direct I/O where the file system has it (@qalqon/fsio): the plaintext goes from this
+    // process's reused buffers to the disk, never through newly allocated page cache.
+    const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL;
+    return { tmp, handle: await DirectFile.open(tmp, flags, 0o600) };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code ?? 'error';
     throw new ClientError(
@@ -461,34 +499,14 @@ export async function downloadFile(
     const hasher = createHash('sha256');
     const opener = new SegmentOpener(file.key, file.size);
     let written = 0;
-    // Verified plaintext is written in batches of up to WRITE_BATCH_BYTES, one positional
-    // writev each, while the next ones are received (at most WRITES_IN_FLIGHT + 1 batches
-    // in memory).
-    let batch: Uint8Array[] = [];
+    // Verified plaintext is copied into batches of WRITE_BATCH_BYTES (aligned buffers, reused),
+    // each written with one positional write while the next ones are received (at most
+    // WRITES_IN_FLIGHT + 1 batches in memory). Every batch but the last is whole, so each
+    // starts at an aligned offset.
+    const pool = new AlignedPool(WRITES_IN_FLIGHT + 1);
+    let batch = pool.take(WRITE_BATCH_BYTES);
     let batched = 0;
     let writing: Promise<void> = Promise.resolve();
-    const writeAll = async (pieces: Uint8Array[], length: number, at: number) => {
-      let parts = pieces;
-      let off = 0;
-      while (off < length) {
-        const { bytesWritten } = await handle.writev(parts, at + off);
-        off += bytesWritten;
-        if (off < length) {
-          // A short write (rare): go on with what is left of the pieces.
-          let skip = bytesWritten;
-          const rest: Uint8Array[] = [];
-          for (const p of parts) {
-            if (skip >= p.length) {
-              skip -= p.length;
-              continue;
-            }
-            rest.push(skip > 0 ? p.subarray(skip) : p);
-            skip = 0;
-          }
-          parts = rest;
-        }
-      }
-    };
     // Writes run one after another on the thread pool, up to WRITES_IN_FLIGHT batches
     // queued, so that receiving and decrypting go on while the disk is slow for a moment.
     // Every SYNC_EVERY_BYTES the data written so far is synced, so the final sync before
@@ -499,17 +517,17 @@ export async function downloadFile(
     let drained: (() => void) | undefined;
     const flush = async () => {
       if (batched === 0) return;
-      const parts = batch;
+      const buf = batch;
       const length = batched;
       const at = written;
-      batch = [];
+      batch = pool.take(WRITE_BATCH_BYTES);
       batched = 0;
       written += length;
       queued++;
       writing = writing.then(async () => {
         try {
           if (failure) return;
-          await writeAll(parts, length, at);
+          await handle.write(buf, length, at);
           unsynced += length;
           if (unsynced >= SYNC_EVERY_BYTES) {
             unsynced = 0;
@@ -518,6 +536,7 @@ export async function downloadFile(
         } catch (error) {
           failure = { error };
         } finally {
+          pool.give(buf);
           queued--;
           drained?.();
         }
@@ -534,10 +553,20 @@ export async function downloadFile(
     onProgress?.({ phase: 'download', done: 0, total });
     await fetchSegments(conn, file, opener, segmentCount(file.size) - 1, (plain) => {
       hasher.update(plain);
-      batch.push(plain);
-      batched += plain.length;
+      let pending: Promise<void> | undefined;
+      let from = 0;
+      while (from < plain.length) {
+        const n = Math.min(plain.length - from, WRITE_BATCH_BYTES - batched);
+        batch.set(plain.subarray(from, from + n), batched);
+        batched += n;
+        from += n;
+        if (batched === WRITE_BATCH_BYTES) {
+          const f = flush();
+          pending = pending ? Promise.all([pending, f]).then(() => undefined) : f;
+        }
+      }
       onProgress?.({ phase: 'download', done: Math.min(total, sealedOffset(opener.next)), total });
-      return batched >= WRITE_BATCH_BYTES ? flush() : undefined;
+      return pending;
     });
     await flush();
     await writing;

@@ -14,7 +14,6 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { type IncomingMessage, request } from 'node:http';
 import { isIP } from 'node:net';
-import type { Readable } from 'node:stream';
 import { connect, type TLSSocket } from 'node:tls';
 import { ErrorResponse, MAX_FRAME_BYTES, WireError, type WireErrorCode, type z } from '@qalqon/wire';
 import WebSocket from 'ws';
@@ -182,6 +181,9 @@ function wireErrorFrom(status: number, text: string): WireError {
 }
 
 /** HTTPS and WebSocket access to one server through pinned connections. */
+/** Body pieces an upload hands to the socket before waiting for the first of them to be written. */
+export const UPLOAD_WRITES_IN_FLIGHT = 2;
+
 export class ServerConnection {
   token: string | undefined;
 
@@ -242,25 +244,37 @@ export class ServerConnection {
 
   /**
    * `PUT path` with a streamed raw body of exactly `length` bytes (a file's ciphertext, sent
-   * as `body` produces it, with backpressure) and the extra `headers` (Content-Range). The
-   * answer is parsed as `request` parses it. An error raised by `body` itself (a
-   * ClientError) ends the request and is what this rejects with; a broken connection is
-   * SERVER_UNREACHABLE, after which the caller may ask the server how much arrived.
+   * as `body` produces it) and the extra `headers` (Content-Range). The answer is parsed as
+   * `request` parses it. At most UPLOAD_WRITES_IN_FLIGHT pieces are handed to the socket
+   * and not yet written out, so `body` prepares the next piece while the socket sends;
+   * `onWritten(piece)` says when the socket is done with a piece (the producer may then
+   * reuse its memory). An error raised by `body` itself (a ClientError) ends the request
+   * and is what this rejects with; a broken connection is SERVER_UNREACHABLE, after which
+   * the caller may ask the server how much arrived.
    */
   async upload<S extends z.ZodType>(
     path: string,
     schema: S,
     length: number,
     headers: Record<string, string>,
-    body: Readable,
+    body: AsyncIterable<Uint8Array>,
+    onWritten?: (piece: Uint8Array) => void,
   ): Promise<z.output<S>> {
     const socket = await connectPinned(this.server, this.pins);
     const { status, text } = await new Promise<{ status: number; text: string }>((resolve, reject) => {
       let settled = false;
+      /** Set once the request ends one way or another: the body stops being read. */
+      let stopped = false;
+      /** Wakes the body loop waiting for a write to finish (or for the request to stop). */
+      let wake: (() => void) | undefined;
+      const stop = () => {
+        stopped = true;
+        wake?.();
+      };
       const fail = (err: unknown) => {
+        stop();
         if (settled) return;
         settled = true;
-        body.destroy();
         req.destroy();
         reject(
           err instanceof ClientError
@@ -284,18 +298,38 @@ export class ServerConnection {
         fail(new ClientError('SERVER_UNREACHABLE', `${this.server.url} stopped taking the upload`)),
       );
       req.on('error', fail);
-      body.on('error', fail);
+      req.on('close', stop);
       req.on('response', (res: IncomingMessage) => {
         // The server may answer before it has read everything (a refusal): stop sending.
-        body.unpipe(req);
-        body.destroy();
+        stop();
         readBounded(res).then((t) => {
           if (settled) return;
           settled = true;
           resolve({ status: res.statusCode ?? 0, text: t });
         }, fail);
       });
-      body.pipe(req);
+      const send = async () => {
+        let inFlight = 0;
+        for await (const piece of body) {
+          if (stopped) break;
+          inFlight++;
+          req.write(piece, (err) => {
+            inFlight--;
+            if (!err) onWritten?.(piece);
+            wake?.();
+          });
+          while (inFlight >= UPLOAD_WRITES_IN_FLIGHT && !stopped) {
+            await new Promise<void>((r) => {
+              wake = r;
+            });
+            wake = undefined;
+          }
+          if (stopped) break;
+        }
+        if (!stopped) req.end();
+      };
+      // Leaving the loop early (a refusal, a broken connection) closes the body's generator.
+      send().catch(fail);
     });
     return this.#parse('PUT', path, schema, status, text);
   }

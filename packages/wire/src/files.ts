@@ -55,6 +55,11 @@ export const FileStatus = z.strictObject({
   size: z.int().min(1),
   /** Bytes stored so far; resume an upload from here. */
   received: z.int().min(0),
+  /**
+   * The server's at-rest chunk size for this file: an upload request that does not reach
+   * the end of the file must end at a multiple of it.
+   */
+  chunkSize: z.int().min(1),
   complete: z.boolean(),
   createdAt: Timestamp,
 });

@@ -37,7 +37,8 @@ describe('chunk format', () => {
   const sealed = plain.map((p, i) => sealChunk(key, layout, i, p));
 
   it('round-trips each chunk with 29 bytes of overhead and a fresh nonce', () => {
-    expect(FILE_CHUNK_BYTES).toBe(1024 * 1024);
+    // A stored chunk of a new file is exactly 1 MiB (aligned for direct I/O).
+    expect(FILE_CHUNK_BYTES + CHUNK_OVERHEAD).toBe(1024 * 1024);
     // The storage lays chunks out by this overhead (storage/file-blobs.ts).
     expect(CHUNK_OVERHEAD).toBe(FILE_CHUNK_OVERHEAD);
     expect(chunkCount(layout)).toBe(3);

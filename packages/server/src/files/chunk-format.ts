@@ -34,11 +34,17 @@ import {
 import { ServerError } from '../errors.js';
 import { publicRandomBytes } from '../random-pool.js';
 
-/** Plaintext bytes per at-rest chunk (the last chunk of a file may be shorter). */
-export const FILE_CHUNK_BYTES = 1024 * 1024;
 export const CHUNK_FORMAT_V1 = 0x01;
 /** Bytes a stored chunk adds to its plaintext (the storage's FILE_CHUNK_OVERHEAD: the same number). */
 export const CHUNK_OVERHEAD = 1 + GCM_NONCE_LEN + GCM_TAG_LEN;
+/**
+ * Plaintext bytes per at-rest chunk of a new file (the last chunk of a file may be
+ * shorter): 1 MiB less the chunk's overhead, so that a stored chunk takes exactly 1 MiB
+ * and every chunk starts at an offset the embedded backend can write and read with direct
+ * I/O (storage/direct-io.ts). A file keeps the chunk size it was created with (its row
+ * says which), so files created with the earlier 1 MiB chunks still open.
+ */
+export const FILE_CHUNK_BYTES = 1024 * 1024 - CHUNK_OVERHEAD;
 const AAD_DOMAIN = 'qalqon/file-chunk/v1\0';
 
 /** Where a chunk sits: the file it belongs to and that file's layout. */

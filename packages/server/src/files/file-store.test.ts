@@ -16,10 +16,11 @@ import { LOCAL_KMS_FILE, LocalKms } from '../kms/local-kms.js';
 import { DATABASE_DEK, DATABASE_FILE, openEmbeddedStorage } from '../storage/embedded.js';
 import { FILES_DIR } from '../storage/file-blobs.js';
 import { openPostgresStorage } from '../storage/postgres.js';
+import { newId } from '../storage/sealed-rows.js';
 import { openSqlcipher } from '../storage/sqlcipher.js';
 import type { Storage } from '../storage/types.js';
 import { CHUNK_OVERHEAD, FILE_CHUNK_BYTES } from './chunk-format.js';
-import { FileStore, fileKeyVersions, rewrapFileKeys } from './file-store.js';
+import { FileStore, fileKeyContext, fileKeyVersions, rewrapFileKeys } from './file-store.js';
 
 const CHUNK = FILE_CHUNK_BYTES;
 const ADMIN_URL = process.env.QALQON_TEST_POSTGRES_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
@@ -158,6 +159,34 @@ for (const [backendName, make] of Object.entries(BACKENDS)) {
       const files = new FileStore({ storage: b.storage, kms: b.kms });
       return { b, owner, files };
     };
+
+    it('a file created with the earlier chunk size (1 MiB of plaintext) still uploads and reads', async () => {
+      const { b, owner, files } = await setup();
+      const chunkSize = 1024 * 1024;
+      const id = newId();
+      const dek = randomBytes(32);
+      const w = await b.kms.wrap(dek, fileKeyContext(id));
+      const data = Buffer.from(randomBytes(2 * chunkSize + 99));
+      const f = await b.storage.createFile(
+        {
+          id,
+          ownerId: owner.id,
+          size: data.length,
+          chunkSize,
+          recipients: { kind: 'users', userIds: [owner.id] },
+          wrappedKey: { keyId: w.keyId, ciphertext: w.ciphertext },
+        },
+        { maxFileBytes: 1 << 30, quotaBytes: 1 << 30 },
+      );
+      const done = await files.upload(f, 0, data.length, pieces(data));
+      expect(done).toMatchObject({ received: data.length, complete: true, chunkSize });
+      expect((await readAll(files.read(done, 0, data.length - 1))).equals(data)).toBe(true);
+      expect(
+        (await readAll(files.read(done, chunkSize - 5, chunkSize + 5))).equals(
+          data.subarray(chunkSize - 5, chunkSize + 6),
+        ),
+      ).toBe(true);
+    });
 
     it('stores a streamed upload and reads any range of it back', async () => {
       const { owner, files } = await setup();

@@ -21,6 +21,7 @@
  * single bytes.
  */
 import { AES256_KEY_LEN, randomBytes } from '@qalqon/crypto';
+import { alignedBuffer } from '@qalqon/fsio';
 import { ServerError } from '../errors.js';
 import type { Kms, WrappedKey } from '../kms/kms.js';
 import { newId } from '../storage/sealed-rows.js';
@@ -257,7 +258,11 @@ export class FileStore {
             fill += n;
             off += n;
             if (fill === want) {
-              const out = want === file.chunkSize ? spare.pop() : undefined;
+              // Aligned, so the embedded storage writes it to disk without a copy (@qalqon/fsio).
+              const out =
+                want === file.chunkSize
+                  ? (spare.pop() ?? alignedBuffer(stride).subarray(0, stride))
+                  : undefined;
               batch.push({
                 index,
                 bytes: want,

@@ -20,10 +20,17 @@
  *
  * Every call here is asynchronous (libuv's thread pool): a 16 MiB write and its fdatasync
  * never block the event loop.
+ *
+ * Direct I/O (@qalqon/fsio): a write or read that starts at an aligned offset (every
+ * chunk of a file whose stride is a multiple of 4096, as FILE_CHUNK_BYTES makes it)
+ * bypasses the page cache through a reused aligned buffer (a file's last, partial block
+ * goes through the page cache). Elsewhere, and on file systems without O_DIRECT, both are
+ * buffered.
  */
-import { readdirSync, rmSync } from 'node:fs';
-import { type FileHandle, open, unlink } from 'node:fs/promises';
+import { constants, readdirSync, rmSync } from 'node:fs';
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { AlignedPool, alignUp, DirectFile, isAligned, isAlignedView } from '@qalqon/fsio';
 import { ServerError } from '../errors.js';
 import { ensurePrivateDir, fsyncDir, PRIVATE_FILE_MODE } from '../secure-file.js';
 import { FILE_CHUNK_OVERHEAD } from './types.js';
@@ -46,18 +53,43 @@ export function storedLength(row: { readonly chunkSize: number; readonly receive
 /** Per blob path, the tail of the chain of operations holding it (shared by every handle in the process). */
 const locks = new Map<string, Promise<void>>();
 
+export interface FileBlobsOptions {
+  /** Use direct I/O where it applies (default true); false keeps every transfer buffered. */
+  readonly directIo?: boolean;
+}
+
 export class FileBlobs {
   readonly dir: string;
+  /** False once the file system refused O_DIRECT (or when turned off). */
+  #direct: boolean;
+  readonly #pool = new AlignedPool(2);
 
   /** Creates the directory (0700) if it does not exist. */
-  constructor(dir: string) {
+  constructor(dir: string, options: FileBlobsOptions = {}) {
     ensurePrivateDir(dir);
     this.dir = dir;
+    this.#direct = options.directIo ?? true;
+  }
+
+  /** Whether the last transfers used direct I/O (for tests and diagnostics). */
+  get directIo(): boolean {
+    return this.#direct;
   }
 
   path(fileId: string): string {
     if (!BLOB_NAME.test(fileId)) throw new ServerError('INVALID_ARGUMENT', '"fileId" expected 32 hex digits');
     return join(this.dir, fileId);
+  }
+
+  /**
+   * The blob, for direct I/O when `offset` is aligned and the file system allows it (a
+   * refusal turns it off for this instance).
+   */
+  async #open(path: string, offset: number, flags: number, mode?: number): Promise<DirectFile> {
+    const wantDirect = this.#direct && isAligned(offset);
+    const file = await DirectFile.open(path, flags, mode, wantDirect);
+    if (wantDirect && !file.direct) this.#direct = false;
+    return file;
   }
 
   /**
@@ -90,38 +122,44 @@ export class FileBlobs {
    */
   async write(fileId: string, offset: number, parts: readonly Uint8Array[], create: boolean): Promise<void> {
     const path = this.path(fileId);
-    let fh: FileHandle;
+    let file: DirectFile;
     let created = false;
     try {
-      fh = await open(path, 'r+');
+      file = await this.#open(path, offset, constants.O_RDWR);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       if (!create) throw new ServerError('FILE_CORRUPT', `the stored contents of file ${fileId} are missing`);
-      // 'wx' refuses a planted file or symlink; a concurrent creator cannot exist (exclusive).
-      fh = await open(path, 'wx', PRIVATE_FILE_MODE);
+      // O_EXCL refuses a planted file or symlink; a concurrent creator cannot exist (exclusive).
+      const flags = constants.O_RDWR | constants.O_CREAT | constants.O_EXCL;
+      file = await this.#open(path, offset, flags, PRIVATE_FILE_MODE);
       created = true;
     }
     try {
-      let position = offset;
-      let pending = parts.filter((p) => p.length > 0);
-      while (pending.length > 0) {
-        const { bytesWritten } = await fh.writev(pending, position);
-        position += bytesWritten;
-        let left = bytesWritten;
-        const rest: Uint8Array[] = [];
-        for (const p of pending) {
-          if (left >= p.length) {
-            left -= p.length;
-            continue;
+      if (
+        file.direct &&
+        !parts.every((p, i) => isAlignedView(p) && (i === parts.length - 1 || isAligned(p.length)))
+      ) {
+        // Parts in ordinary buffers: copied back to back into an aligned one, written at once.
+        let total = 0;
+        for (const p of parts) total += p.length;
+        const buf = this.#pool.take(total);
+        try {
+          let at = 0;
+          for (const p of parts) {
+            buf.set(p, at);
+            at += p.length;
           }
-          rest.push(left > 0 ? p.subarray(left) : p);
-          left = 0;
+          await file.write(buf, total, offset);
+        } finally {
+          this.#pool.give(buf);
         }
-        pending = rest;
+      } else {
+        // Aligned parts (FileStore seals into such) go to the disk as they are.
+        await file.writev(parts, offset);
       }
-      await fh.datasync();
+      await file.datasync();
     } finally {
-      await fh.close();
+      await file.close();
     }
     if (created) fsyncDir(this.dir);
   }
@@ -131,24 +169,31 @@ export class FileBlobs {
    * none when it does not exist.
    */
   async read(fileId: string, offset: number, length: number): Promise<Buffer> {
-    let fh: FileHandle;
+    let file: DirectFile;
     try {
-      fh = await open(this.path(fileId), 'r');
+      file = await this.#open(this.path(fileId), offset, constants.O_RDONLY);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0);
       throw err;
     }
     try {
-      const buf = Buffer.allocUnsafe(length);
-      let got = 0;
-      while (got < length) {
-        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
+      if (!file.direct) {
+        const buf = Buffer.allocUnsafe(length);
+        const got = await file.read(buf, length, offset);
+        return got === length ? buf : buf.subarray(0, got);
       }
-      return got === length ? buf : buf.subarray(0, got);
+      // Through an aligned buffer, copied out (the caller keeps what it gets).
+      const buf = this.#pool.take(alignUp(length));
+      try {
+        const got = await file.read(buf, length, offset);
+        const out = Buffer.allocUnsafe(got);
+        buf.copy(out, 0, 0, got);
+        return out;
+      } finally {
+        this.#pool.give(buf);
+      }
     } finally {
-      await fh.close();
+      await file.close();
     }
   }
 

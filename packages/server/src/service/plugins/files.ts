@@ -58,7 +58,14 @@ export const FILE_SWEEP_INTERVAL_MS = 10 * 60_000;
 
 /** The status of a file as the wire has it. */
 function fileStatus(f: StoredFile): z.output<typeof WireFileStatus> {
-  return { id: f.id, size: f.size, received: f.received, complete: f.complete, createdAt: f.createdAt };
+  return {
+    id: f.id,
+    size: f.size,
+    received: f.received,
+    chunkSize: f.chunkSize,
+    complete: f.complete,
+    createdAt: f.createdAt,
+  };
 }
 
 const notFound = () => new ApiError('FILE_NOT_FOUND', 404, 'no such file');
