@@ -47,7 +47,6 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
-import { randomBytes } from '@qalqon/crypto';
 import { ServerError } from '../errors.js';
 import { checkFileServiceLimits, type FileServiceLimits } from '../files/file-store.js';
 import { DEK_FILE, DekRegistry } from '../kms/dek-registry.js';
@@ -66,6 +65,7 @@ import {
 } from '../storage/postgres.js';
 import type { Storage, StorageLimits } from '../storage/types.js';
 import { astring } from '../validate.js';
+import { newOneTimeCode } from './links.js';
 import { SESSION_MAC_DEK } from './sessions.js';
 import { checkHostname, checkTlsPair, generateSelfSignedIdentity, spkiPin } from './tls.js';
 
@@ -174,9 +174,9 @@ function pubsubJson(p: Extract<PubsubSetting, { provider: 'nats' }>): PubsubConf
     : { provider: 'nats', urlEnv: p.urlEnv, ...prefix };
 }
 
-/** A fresh enrolment code: 120 random bits as 20 base64url characters. */
+/** A fresh enrolment code (links.ts `newOneTimeCode`: 120 random bits, never starting with "-"). */
 export function newEnrolmentCode(): string {
-  return Buffer.from(randomBytes(15)).toString('base64url');
+  return newOneTimeCode();
 }
 
 /** Issues a new enrolment code for a user (revoking any earlier unused one). */
