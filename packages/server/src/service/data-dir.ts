@@ -57,12 +57,7 @@ import { checkPubsubSetting, type PubsubSetting } from '../pubsub/config.js';
 import { DEFAULT_SUBJECT_PREFIX } from '../pubsub/nats-bus.js';
 import { ensurePrivateDir, writePrivateFileAtomic } from '../secure-file.js';
 import { DATABASE_FILE, openEmbeddedStorage } from '../storage/embedded.js';
-import {
-  createPostgresPool,
-  loadPostgresExtraKey,
-  openPostgresStorage,
-  postgresError,
-} from '../storage/postgres.js';
+import { loadPostgresExtraKey, openPostgresStorage, withPostgresConnection } from '../storage/postgres.js';
 import type { Storage, StorageLimits } from '../storage/types.js';
 import { astring } from '../validate.js';
 import { newOneTimeCode } from './links.js';
@@ -476,12 +471,10 @@ export async function openSessionKey(
  */
 async function checkDatabaseUnused(db: ResolvedDatabase): Promise<void> {
   if (db.provider === 'embedded') return;
-  const pool = createPostgresPool({ url: db.url, ...(db.ssl ? { ssl: true } : {}), maxConnections: 1 });
-  let used = false;
-  try {
-    // One client, its queries in turn (pool.query would race the pool's own SET on connect).
-    const client = await pool.connect();
-    try {
+  // One client, its queries in turn (pool.query would race the pool's own SET on connect).
+  const used = await withPostgresConnection(
+    { url: db.url, ...(db.ssl ? { ssl: true } : {}) },
+    async (client) => {
       const t = await client.query<{ users: string | null; keys: string | null }>(
         "SELECT to_regclass('users')::text AS users, to_regclass('data_keys')::text AS keys",
       );
@@ -490,18 +483,12 @@ async function checkDatabaseUnused(db: ResolvedDatabase): Promise<void> {
         ['users', row.users],
         ['data_keys', row.keys],
       ] as const) {
-        if (exists !== null && (await client.query(`SELECT 1 FROM ${table} LIMIT 1`)).rowCount !== 0) {
-          used = true;
-        }
+        if (exists !== null && (await client.query(`SELECT 1 FROM ${table} LIMIT 1`)).rowCount !== 0)
+          return true;
       }
-    } finally {
-      client.release();
-    }
-  } catch (err) {
-    throw postgresError(err);
-  } finally {
-    await pool.end().catch(() => undefined);
-  }
+      return false;
+    },
+  );
   if (used) {
     throw new ServerError(
       'ALREADY_INITIALISED',

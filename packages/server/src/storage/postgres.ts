@@ -478,10 +478,8 @@ export async function rewrapPostgresDataKeys(options: {
   readonly kms: Kms;
   readonly ssl?: boolean | ConnectionOptions;
 }): Promise<number> {
-  const pool = createPostgresPool(options);
-  try {
+  return withPostgresConnection(options, async (client) => {
     const { activeKeyId } = await options.kms.describe();
-    const client = await connect(pool);
     try {
       await client.query('BEGIN');
       const rows = await client.query<{ name: string; key_id: string; ciphertext: Buffer }>(
@@ -512,14 +510,8 @@ export async function rewrapPostgresDataKeys(options: {
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw err;
-    } finally {
-      client.release();
     }
-  } catch (err) {
-    throw postgresError(err);
-  } finally {
-    await pool.end().catch(() => undefined);
-  }
+  });
 }
 
 /**
@@ -536,6 +528,36 @@ export async function loadPostgresExtraKey(options: {
   readonly clock?: () => number;
   readonly name: string;
 }): Promise<Uint8Array> {
+  return withPostgresConnection(options, async (client) => {
+    const keys = await loadDataKeys(client, options.kms, [options.name], options.clock ?? Date.now, [
+      options.name,
+    ]);
+    return keys.get(options.name)!;
+  });
+}
+
+/** The data keys in `data_keys`: name and the KEK version wrapping each (for `kms status`). */
+export async function listPostgresDataKeys(options: {
+  readonly url: string;
+  readonly ssl?: boolean | ConnectionOptions;
+}): Promise<{ name: string; keyId: string }[]> {
+  return withPostgresConnection(options, async (client) => {
+    const r = await client.query<{ name: string; key_id: string }>(
+      'SELECT name, key_id FROM data_keys ORDER BY name',
+    );
+    return r.rows.map((row) => ({ name: row.name, keyId: row.key_id }));
+  });
+}
+
+/**
+ * Runs `fn` on the one connection of a short-lived pool, for what runs outside an open
+ * storage (KEK rotation, loading or listing data keys, init's check for an unused
+ * database): failures come out as postgresError codes them, and the pool always ends.
+ */
+export async function withPostgresConnection<T>(
+  options: { readonly url: string; readonly ssl?: boolean | ConnectionOptions },
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
   const pool = createPostgresPool({
     url: options.url,
     ...(options.ssl === undefined ? {} : { ssl: options.ssl }),
@@ -544,35 +566,10 @@ export async function loadPostgresExtraKey(options: {
   try {
     const client = await connect(pool);
     try {
-      const keys = await loadDataKeys(client, options.kms, [options.name], options.clock ?? Date.now, [
-        options.name,
-      ]);
-      return keys.get(options.name)!;
+      return await fn(client);
     } finally {
       client.release();
     }
-  } catch (err) {
-    throw postgresError(err);
-  } finally {
-    await pool.end().catch(() => undefined);
-  }
-}
-
-/** The data keys in `data_keys`: name and the KEK version wrapping each (for `kms status`). */
-export async function listPostgresDataKeys(options: {
-  readonly url: string;
-  readonly ssl?: boolean | ConnectionOptions;
-}): Promise<{ name: string; keyId: string }[]> {
-  const pool = createPostgresPool({
-    url: options.url,
-    ...(options.ssl === undefined ? {} : { ssl: options.ssl }),
-    maxConnections: 1,
-  });
-  try {
-    const r = await pool.query<{ name: string; key_id: string }>(
-      'SELECT name, key_id FROM data_keys ORDER BY name',
-    );
-    return r.rows.map((row) => ({ name: row.name, keyId: row.key_id }));
   } catch (err) {
     throw postgresError(err);
   } finally {
