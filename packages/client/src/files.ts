@@ -218,7 +218,7 @@ async function* sealedStream(
   to: number,
   hash: { update(b: Uint8Array): void; segments: number },
   onSent: (bytes: number) => void,
-  sealedBuffers: SealedBuffers,
+  sealedBuffers: AlignedPool,
 ): AsyncGenerator<Uint8Array> {
   const count = segmentCount(src.size);
   const lastOfFile = count - 1;
@@ -265,7 +265,8 @@ async function* sealedStream(
       hash.update(plain.subarray((hash.segments - s) * FILE_SEGMENT_BYTES));
       hash.segments = e;
     }
-    const sealed = sealedBuffers.take(plain.length + (e - s) * GCM_TAG_LEN);
+    const length = plain.length + (e - s) * GCM_TAG_LEN;
+    const sealed = sealedBuffers.take(length).subarray(0, length);
     sealSegmentsInto(key, s, lastOfFile, plain, sealed);
     done(into);
     const at = sealedOffset(s);
@@ -273,33 +274,6 @@ async function* sealedStream(
     yield piece;
     onSent(piece.length);
     s = e;
-  }
-}
-
-/**
- * The buffers a block's sealed segments are written into, reused once the socket has
- * written them out (`give`, from the upload's onWritten): an upload allocates a few, not
- * one per block. Each piece handed out is a view of one of them; `give` takes any such view.
- */
-class SealedBuffers {
-  readonly #free: Uint8Array[] = [];
-  readonly #size = READ_BLOCK_SEGMENTS * FILE_SEALED_SEGMENT_BYTES;
-
-  /** A view of exactly `length` bytes (at most a block's) of a free buffer. */
-  take(length: number): Uint8Array {
-    const whole = this.#free.pop() ?? new Uint8Array(this.#size);
-    return whole.subarray(0, length);
-  }
-
-  /** Gives back the buffer `view` lies in (kept if there are fewer than three spare). */
-  give(view: Uint8Array): void {
-    if (
-      view.buffer.byteLength === this.#size &&
-      this.#free.length < 3 &&
-      view.buffer instanceof ArrayBuffer
-    ) {
-      this.#free.push(new Uint8Array(view.buffer));
-    }
   }
 }
 
@@ -325,7 +299,9 @@ export async function uploadFile(
   const partBytes = Math.max(1, Math.floor(UPLOAD_PART_BYTES / created.chunkSize)) * created.chunkSize;
   const hasher = createHash('sha256');
   const hash = { update: (b: Uint8Array) => hasher.update(b), segments: 0 };
-  const sealedBuffers = new SealedBuffers();
+  // The buffers blocks are sealed into: one is sealed into again once the socket has
+  // written it out (upload's onWritten), so an upload allocates a few, not one per block.
+  const sealedBuffers = new AlignedPool(3);
   try {
     let offset = 0;
     let failures = 0;
@@ -354,7 +330,8 @@ export async function uploadFile(
           end - offset,
           { 'content-range': `bytes ${offset}-${end - 1}/${total}` },
           body,
-          (piece) => sealedBuffers.give(piece),
+          // Each piece is a view of a whole buffer from the pool.
+          (piece) => sealedBuffers.give(Buffer.from(piece.buffer)),
         );
         if (st.id !== id || st.size !== total || st.received < end) {
           throw new ClientError('SERVER_PROTOCOL', 'the server did not take the upload as sent');

@@ -127,9 +127,18 @@ describe.each([
       await f.writev(aligned, 0);
       const at = DIRECT_IO_ALIGN + 300;
       await f.writev(ordinary, at);
+      // Ordinary buffers with a staging pool: copied into an aligned one (direct when possible).
+      const staged = [randomBytes(3000), randomBytes(9000)];
+      await f.writev(staged, 2 * DIRECT_IO_ALIGN, new AlignedPool(1));
       // Empty parts are skipped.
       await f.writev([new Uint8Array(0)], at + 6000);
-      expect(readFileSync(path).equals(Buffer.concat([...aligned, ...ordinary]))).toBe(true);
+      const expected = Buffer.concat([...aligned, ...ordinary]);
+      Buffer.concat(staged).copy(expected, 2 * DIRECT_IO_ALIGN);
+      expect(
+        readFileSync(path).equals(
+          Buffer.concat([expected, Buffer.concat(staged).subarray(expected.length - 2 * DIRECT_IO_ALIGN)]),
+        ),
+      ).toBe(true);
     } finally {
       await f.close();
     }

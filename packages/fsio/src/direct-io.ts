@@ -155,8 +155,9 @@ export class DirectFile {
       const aligned = length - (length % DIRECT_IO_ALIGN);
       while (done < aligned) {
         const { bytesWritten } = await this.#direct.write(buf, done, aligned - done, position + done);
-        if (bytesWritten === 0 || !isAligned(bytesWritten)) break;
         done += bytesWritten;
+        // A short, unaligned direct write (rare): the rest goes through the page cache.
+        if (bytesWritten === 0 || !isAligned(bytesWritten)) break;
       }
     }
     if (done === length) return;
@@ -171,31 +172,36 @@ export class DirectFile {
   /**
    * Writes `parts` back to back at `position`, all of them. Directly, without a copy, when
    * every part is an aligned view (isAlignedView) and all but the last have aligned
-   * lengths (the last one's unaligned tail goes through the page cache); buffered otherwise.
+   * lengths (the last one's unaligned tail goes through the page cache). Otherwise, with a
+   * `staging` pool, the parts are copied into one aligned buffer from it and written
+   * directly; without one, they are written through the page cache.
    */
-  async writev(parts: readonly Uint8Array[], position: number): Promise<void> {
+  async writev(parts: readonly Uint8Array[], position: number, staging?: AlignedPool): Promise<void> {
     let pending = parts.filter((p) => p.length > 0);
     const last = pending.length - 1;
-    if (
-      this.#direct &&
-      isAligned(position) &&
-      pending.every((p, i) => isAlignedView(p) && (i === last || isAligned(p.length)))
-    ) {
-      const tail = pending[last]!.length % DIRECT_IO_ALIGN;
-      const direct = pending.map((p, i) => (i === last ? p.subarray(0, p.length - tail) : p));
+    if (!this.#direct || !isAligned(position) || last < 0) return this.#writevBuffered(pending, position);
+    if (!pending.every((p, i) => isAlignedView(p) && (i === last || isAligned(p.length)))) {
+      if (!staging) return this.#writevBuffered(pending, position);
       let total = 0;
-      for (const p of direct) total += p.length;
-      const { bytesWritten } = await this.#direct.writev(direct, position);
-      if (bytesWritten === total) {
-        position += total;
-        pending = tail === 0 ? [] : [pending[last]!.subarray(pending[last]!.length - tail)];
-      } else {
-        // A short direct write (rare): the rest goes through the page cache.
-        position += bytesWritten;
-        pending = rest(pending, bytesWritten);
+      for (const p of pending) total += p.length;
+      const buf = staging.take(total);
+      try {
+        let at = 0;
+        for (const p of pending) {
+          buf.set(p, at);
+          at += p.length;
+        }
+        return await this.write(buf, total, position);
+      } finally {
+        staging.give(buf);
       }
     }
-    await this.#writevBuffered(pending, position);
+    const tail = pending[last]!.length % DIRECT_IO_ALIGN;
+    const direct = pending.map((p, i) => (i === last ? p.subarray(0, p.length - tail) : p));
+    const { bytesWritten } = await this.#direct.writev(direct, position);
+    // The unaligned tail, or what a short direct write left (rare), through the page cache.
+    pending = rest(pending, bytesWritten);
+    await this.#writevBuffered(pending, position + bytesWritten);
   }
 
   async #writevBuffered(parts: readonly Uint8Array[], position: number): Promise<void> {

@@ -6,5 +6,4 @@ export {
   DirectFile,
   isAligned,
   isAlignedView,
-  openDirect,
 } from './direct-io.js';

@@ -30,7 +30,7 @@
 import { constants, readdirSync, rmSync } from 'node:fs';
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import { AlignedPool, alignUp, DirectFile, isAligned, isAlignedView } from '@qalqon/fsio';
+import { AlignedPool, alignUp, DirectFile, isAligned } from '@qalqon/fsio';
 import { ServerError } from '../errors.js';
 import { ensurePrivateDir, fsyncDir, PRIVATE_FILE_MODE } from '../secure-file.js';
 import { FILE_CHUNK_OVERHEAD } from './types.js';
@@ -135,28 +135,9 @@ export class FileBlobs {
       created = true;
     }
     try {
-      if (
-        file.direct &&
-        !parts.every((p, i) => isAlignedView(p) && (i === parts.length - 1 || isAligned(p.length)))
-      ) {
-        // Parts in ordinary buffers: copied back to back into an aligned one, written at once.
-        let total = 0;
-        for (const p of parts) total += p.length;
-        const buf = this.#pool.take(total);
-        try {
-          let at = 0;
-          for (const p of parts) {
-            buf.set(p, at);
-            at += p.length;
-          }
-          await file.write(buf, total, offset);
-        } finally {
-          this.#pool.give(buf);
-        }
-      } else {
-        // Aligned parts (FileStore seals into such) go to the disk as they are.
-        await file.writev(parts, offset);
-      }
+      // Aligned parts (FileStore seals into such) go to the disk as they are; others are
+      // copied into one aligned buffer first.
+      await file.writev(parts, offset, this.#pool);
       await file.datasync();
     } finally {
       await file.close();
