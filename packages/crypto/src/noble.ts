@@ -35,8 +35,8 @@ import {
   abytes,
   abytesArray,
   aint,
-  anoOverlap,
   aoptionalBytes,
+  checkGcmEncryptInto,
   HKDF_SHA256_MAX_LEN,
   MAX_OUTPUT_LEN,
 } from './validate.js';
@@ -176,12 +176,7 @@ function aes256GcmEncryptInto(
   aad: Uint8Array | undefined,
   out: Uint8Array,
 ): void {
-  abytes('key', key, AES256_KEY_LEN);
-  abytes('nonce', nonce, GCM_NONCE_LEN);
-  abytes('plaintext', plaintext);
-  aoptionalBytes('aad', aad);
-  abytes('out', out, plaintext.length + GCM_TAG_LEN);
-  anoOverlap('out', out, 'plaintext', plaintext);
+  checkGcmEncryptInto(key, nonce, plaintext, aad, out);
   // noble's own output buffers must be 4-byte aligned; a copy keeps any `out` acceptable.
   out.set(gcm(key, nonce, aad).encrypt(plaintext), 0);
 }

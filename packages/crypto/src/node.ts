@@ -49,8 +49,8 @@ import {
   abytes,
   abytesArray,
   aint,
-  anoOverlap,
   aoptionalBytes,
+  checkGcmEncryptInto,
   HKDF_SHA256_MAX_LEN,
   MAX_OUTPUT_LEN,
 } from './validate.js';
@@ -334,12 +334,7 @@ function aes256GcmEncryptInto(
   aad: Uint8Array | undefined,
   out: Uint8Array,
 ): void {
-  abytes('key', key, AES256_KEY_LEN);
-  abytes('nonce', nonce, GCM_NONCE_LEN);
-  abytes('plaintext', plaintext);
-  aoptionalBytes('aad', aad);
-  abytes('out', out, plaintext.length + GCM_TAG_LEN);
-  anoOverlap('out', out, 'plaintext', plaintext);
+  checkGcmEncryptInto(key, nonce, plaintext, aad, out);
   const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: GCM_TAG_LEN });
   if (aad !== undefined && aad.length > 0) cipher.setAAD(aad);
   // node:crypto always returns new memory from `update`: one copy, but no second allocation.

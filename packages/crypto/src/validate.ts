@@ -6,7 +6,7 @@
  * so a message can be logged without leaking key material.
  */
 import { CryptoError } from './errors.js';
-import { SHA256_LEN } from './types.js';
+import { AES256_KEY_LEN, GCM_NONCE_LEN, GCM_TAG_LEN, SHA256_LEN } from './types.js';
 
 /** Upper bound on lengths asked of `randomBytes` and `shake256`: a sanity limit (1 GiB). */
 export const MAX_OUTPUT_LEN = 2 ** 30;
@@ -88,4 +88,20 @@ export function anoOverlap(outLabel: string, out: Uint8Array, inLabel: string, i
   if (a < b + input.length && b < a + out.length) {
     throw new CryptoError('INVALID_ARGUMENT', `"${outLabel}" must not overlap "${inLabel}"`);
   }
+}
+
+/** The arguments of aes256GcmEncryptInto, checked alike by both backends. */
+export function checkGcmEncryptInto(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array | undefined,
+  out: Uint8Array,
+): void {
+  abytes('key', key, AES256_KEY_LEN);
+  abytes('nonce', nonce, GCM_NONCE_LEN);
+  abytes('plaintext', plaintext);
+  aoptionalBytes('aad', aad);
+  abytes('out', out, plaintext.length + GCM_TAG_LEN);
+  anoOverlap('out', out, 'plaintext', plaintext);
 }
