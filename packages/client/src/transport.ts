@@ -220,19 +220,20 @@ export class ServerConnection {
       req.on('timeout', () =>
         req.destroy(new ClientError('SERVER_UNREACHABLE', `${this.server.url} did not answer in time`)),
       );
-      req.on('error', (err) =>
-        reject(
-          err instanceof ClientError
-            ? err
-            : new ClientError('SERVER_UNREACHABLE', `the connection to ${this.server.url} failed`),
-        ),
-      );
+      req.on('error', (err) => reject(this.#unreachable(err, 'failed')));
       req.on('response', (res: IncomingMessage) => {
         readBounded(res).then((t) => resolve({ status: res.statusCode ?? 0, text: t }), reject);
       });
       req.end(payload);
     });
     return this.#parse(method, path, schema, status, text);
+  }
+
+  /** A ClientError as it is; anything else from a request is SERVER_UNREACHABLE. */
+  #unreachable(err: unknown, what: 'failed' | 'broke off'): ClientError {
+    return err instanceof ClientError
+      ? err
+      : new ClientError('SERVER_UNREACHABLE', `the connection to ${this.server.url} ${what}`);
   }
 
   #headers(): Record<string, string> {
@@ -276,11 +277,7 @@ export class ServerConnection {
         if (settled) return;
         settled = true;
         req.destroy();
-        reject(
-          err instanceof ClientError
-            ? err
-            : new ClientError('SERVER_UNREACHABLE', `the connection to ${this.server.url} broke off`),
-        );
+        reject(this.#unreachable(err, 'broke off'));
       };
       const req = request({
         method: 'PUT',
@@ -363,13 +360,7 @@ export class ServerConnection {
       req.on('timeout', () =>
         req.destroy(new ClientError('SERVER_UNREACHABLE', `${this.server.url} stopped sending`)),
       );
-      req.on('error', (err) =>
-        reject(
-          err instanceof ClientError
-            ? err
-            : new ClientError('SERVER_UNREACHABLE', `the connection to ${this.server.url} failed`),
-        ),
-      );
+      req.on('error', (err) => reject(this.#unreachable(err, 'failed')));
       req.on('response', (res: IncomingMessage) => {
         const status = res.statusCode ?? 0;
         if (status < 200 || status >= 300) {
