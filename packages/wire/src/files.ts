@@ -34,6 +34,8 @@ export const FileId = z.string().regex(/^[0-9a-f]{32}$/, 'expected 32 lower-case
 export const FileIdParam = z.strictObject({ fileId: FileId });
 /** The largest file the wire allows (the server's configured limit may be lower). */
 export const MAX_FILE_BYTES = 64 * 1024 * 1024 * 1024;
+/** The largest at-rest chunk a server may use for a file (FileStatus.chunkSize). */
+export const MAX_FILE_CHUNK_BYTES = 16 * 1024 * 1024;
 /** Most recipient users one file may name. */
 export const MAX_FILE_RECIPIENTS = 256;
 
@@ -52,14 +54,14 @@ export const FileCreateRequest = z
 
 export const FileStatus = z.strictObject({
   id: FileId,
-  size: z.int().min(1),
+  size: z.int().min(1).max(MAX_FILE_BYTES),
   /** Bytes stored so far; resume an upload from here. */
-  received: z.int().min(0),
+  received: z.int().min(0).max(MAX_FILE_BYTES),
   /**
    * The server's at-rest chunk size for this file: an upload request that does not reach
    * the end of the file must end at a multiple of it.
    */
-  chunkSize: z.int().min(1),
+  chunkSize: z.int().min(1).max(MAX_FILE_CHUNK_BYTES),
   complete: z.boolean(),
   createdAt: Timestamp,
 });

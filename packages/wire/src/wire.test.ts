@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { base64Length, decodeBase64, encodeBase64 } from './base64.js';
 import { WIRE_ERROR_CODES } from './errors.js';
+import { FileStatus, MAX_FILE_BYTES, MAX_FILE_CHUNK_BYTES } from './files.js';
 import { AckFrame, ClientFrame, ServerFrame } from './frames.js';
 import { EnrolRequest, ErrorResponse, SendRequest } from './http.js';
 import { AUTH_SIGNATURE_DOMAIN, authChallengeMessage, MAX_ENVELOPE_BYTES, MAX_SEND_BATCH } from './limits.js';
@@ -121,6 +122,34 @@ describe('schemas', () => {
     expect(ServerFrame.safeParse({ type: 'envelope', ...pushed }).success).toBe(true);
     for (const code of WIRE_ERROR_CODES) {
       expect(ErrorResponse.safeParse({ error: { code, message: 'm' } }).success).toBe(true);
+    }
+  });
+});
+
+describe('FileStatus', () => {
+  it('takes a status as a server sends it, and refuses a forged or malformed one', () => {
+    const ok = {
+      id: 'a'.repeat(32),
+      size: 5_000_000,
+      received: 1_048_576,
+      chunkSize: 1_048_547,
+      complete: false,
+      createdAt: 1_700_000_000_000,
+    };
+    expect(FileStatus.parse(ok)).toEqual(ok);
+    const { chunkSize: _omitted, ...noChunkSize } = ok;
+    for (const bad of [
+      noChunkSize,
+      { ...ok, chunkSize: 0 },
+      { ...ok, chunkSize: 1.5 },
+      { ...ok, chunkSize: '1048576' },
+      { ...ok, chunkSize: MAX_FILE_CHUNK_BYTES + 1 },
+      { ...ok, size: MAX_FILE_BYTES + 1 },
+      { ...ok, received: -1 },
+      { ...ok, received: MAX_FILE_BYTES + 1 },
+      { ...ok, owner: 'x' },
+    ]) {
+      expect(FileStatus.safeParse(bad).success, JSON.stringify(bad)).toBe(false);
     }
   });
 });

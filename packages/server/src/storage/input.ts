@@ -6,6 +6,7 @@
 import { KYBER1024_PUBLIC_KEY_LEN, X25519_KEY_LEN, XEDDSA_SIGNATURE_LEN } from '@qalqon/crypto';
 import {
   BUILTIN_ROLES,
+  MAX_FILE_CHUNK_BYTES,
   PERMISSIONS,
   MAX_CHANNEL_CHANGE_BYTES as WIRE_MAX_CHANNEL_CHANGE_BYTES,
   MAX_CHANNEL_LOG_PAGE as WIRE_MAX_CHANNEL_LOG_PAGE,
@@ -545,9 +546,9 @@ export function checkAuditKey(label: string, v: unknown): Uint8Array {
 
 /** The largest file any backend stores (2^53 would be the JS limit; 2^40 = 1 TiB is plenty). */
 export const MAX_STORED_FILE_BYTES = 2 ** 40;
-/** At-rest chunk sizes a file may use. */
+/** At-rest chunk sizes a file may use (at most what the wire's FileStatus allows). */
 export const MIN_FILE_CHUNK_BYTES = 4096;
-export const MAX_FILE_CHUNK_BYTES = 16 * 1024 * 1024;
+export { MAX_FILE_CHUNK_BYTES };
 /** Chunks one `readFileChunks` call returns at most (bounds its memory). */
 export const MAX_FILE_CHUNKS_PER_READ = 16;
 /** Chunks one `appendFileChunks` call stores at most (bounds its memory and its transaction). */
