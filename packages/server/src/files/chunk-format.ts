@@ -17,7 +17,7 @@
  * below the expected count (a dropped or truncated tail) reports it instead of returning
  * less. Every failure is FILE_CORRUPT, before any byte of the bad chunk is released.
  *
- * Chunk size: 1 MiB. The per-chunk costs (a GCM setup, 29 bytes of overhead) vanish beside
+ * Chunk size: 1 MiB stored (FILE_CHUNK_BYTES of plaintext). The per-chunk costs (a GCM setup, 29 bytes of overhead) vanish beside
  * the bytes, a range read decrypts at most 1 MiB more than it returns, and a resumed upload
  * repeats at most 1 MiB. Chunks are stored in batches (file-store.ts UPLOAD_BATCH_BYTES): on
  * the embedded backend at fixed offsets of one blob file per file (storage/file-blobs.ts),

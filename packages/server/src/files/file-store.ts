@@ -70,7 +70,7 @@ export function checkFileServiceLimits(v: unknown, label = 'files'): FileService
 /** Stored chunks a read fetches per storage call (the next call runs while these are sent). */
 const READ_BATCH = 4;
 /** Plaintext bytes an upload stores per storage call (one blob sync and one commit). */
-export const UPLOAD_BATCH_BYTES = 8 * 1024 * 1024;
+export const UPLOAD_BATCH_BYTES = 4 * 1024 * 1024;
 
 /** The KMS context a file's data key is wrapped under. */
 export function fileKeyContext(fileId: string): string {
@@ -258,11 +258,11 @@ export class FileStore {
             fill += n;
             off += n;
             if (fill === want) {
-              // Aligned, so the embedded storage writes it to disk without a copy (@qalqon/fsio).
+              // Aligned, so the embedded storage writes it to disk without a copy (@qalqon/fsio);
+              // the file's last, shorter chunk too.
+              const length = want + CHUNK_OVERHEAD;
               const out =
-                want === file.chunkSize
-                  ? (spare.pop() ?? alignedBuffer(stride).subarray(0, stride))
-                  : undefined;
+                (length === stride ? spare.pop() : undefined) ?? alignedBuffer(length).subarray(0, length);
               batch.push({
                 index,
                 bytes: want,

@@ -18,7 +18,7 @@
  * so a copy of [0, stored length of `received`) is consistent with any database snapshot
  * that has that `received` (backup/backup.ts relies on this).
  *
- * Every call here is asynchronous (libuv's thread pool): a 16 MiB write and its fdatasync
+ * Every call here is asynchronous (libuv's thread pool): a batch's write and its fdatasync
  * never block the event loop.
  *
  * Direct I/O (@qalqon/fsio): a write or read that starts at an aligned offset (every
