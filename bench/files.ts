@@ -32,7 +32,7 @@ import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { QalqonClient } from '@qalqon/client';
 import { aes256GcmEncrypt, randomBytes, sha256 } from '@qalqon/crypto';
-import { median, parseFlags } from './lib.js';
+import { median, parseFlags, serverNodeArgs } from './lib.js';
 import { admin, serverFromDataDir } from './relay-client.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -53,11 +53,9 @@ function progress(json: boolean, line: string): void {
 async function startServer(
   dataDir: string,
 ): Promise<{ child: ChildProcess; listening: string; pin: string }> {
-  // Extra Node flags for the server only, as for the relay benchmark (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p").
-  const nodeFlags = (process.env.QALQON_BENCH_SERVER_NODE_OPTIONS ?? '').split(/\s+/).filter((f) => f !== '');
   const child = spawn(
     process.execPath,
-    [...nodeFlags, CLI, 'server', 'start', '--data', dataDir, '--listen', '127.0.0.1:0', '--json'],
+    [...serverNodeArgs(), CLI, 'server', 'start', '--data', dataDir, '--listen', '127.0.0.1:0', '--json'],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let err = '';

@@ -4,6 +4,7 @@
  * changes and other load hit both alike, and reports the median rate of each and their ratio.
  */
 import { performance } from 'node:perf_hooks';
+import { NODE_FLAGS } from '@qalqon/cli/node-flags';
 
 export interface Rate {
   /** Operations per second (median over rounds). */
@@ -85,4 +86,14 @@ export function parseFlags(
     } else throw new Error(`unexpected argument ${a}`);
   }
   return { json, values };
+}
+
+/**
+ * The Node arguments a benchmark starts a `qalqon server start` child with: the flags every
+ * qalqon process runs with (@qalqon/cli/node-flags), then any given in
+ * QALQON_BENCH_SERVER_NODE_OPTIONS for the server only (e.g. "--cpu-prof --cpu-prof-dir=/tmp/p").
+ */
+export function serverNodeArgs(): string[] {
+  const extra = (process.env.QALQON_BENCH_SERVER_NODE_OPTIONS ?? '').split(/\s+/).filter((f) => f !== '');
+  return [...NODE_FLAGS, ...extra];
 }

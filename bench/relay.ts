@@ -53,7 +53,7 @@ import { randomBytes } from '@qalqon/crypto';
 import { decodeBase64 } from '@qalqon/wire';
 import pg from 'pg';
 import type WebSocket from 'ws';
-import { parseFlags } from './lib.js';
+import { parseFlags, serverNodeArgs } from './lib.js';
 import {
   connect,
   type Device,
@@ -133,11 +133,9 @@ interface Deployment {
 const live = new Set<Deployment>();
 
 async function startNode(dataDir: string, env: NodeJS.ProcessEnv): Promise<Node> {
-  // Extra Node flags for the server only, e.g. QALQON_BENCH_SERVER_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=/tmp/p".
-  const nodeFlags = (process.env.QALQON_BENCH_SERVER_NODE_OPTIONS ?? '').split(/\s+/).filter((f) => f !== '');
   const child = spawn(
     process.execPath,
-    [...nodeFlags, CLI, 'server', 'start', '--data', dataDir, '--listen', '127.0.0.1:0', '--json'],
+    [...serverNodeArgs(), CLI, 'server', 'start', '--data', dataDir, '--listen', '127.0.0.1:0', '--json'],
     { stdio: ['ignore', 'pipe', 'pipe'], env },
   );
   let err = '';

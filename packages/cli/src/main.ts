@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=128
 /** The `qalqon` executable: runs the command and exits with its status. */
 import { run } from './cli.js';
 import { processIo } from './io.js';
