@@ -238,6 +238,30 @@ for (const [backendName, make] of Object.entries(BACKENDS)) {
       expect((await readAll(files.read(done, 0, data.length - 1))).equals(data)).toBe(true);
     });
 
+    it('stores pieces of any shape: whole chunks, several chunks, and chunks split across pieces', async () => {
+      const { owner, files } = await setup();
+      const data = Buffer.from(randomBytes(4 * CHUNK + 321));
+      const f = await files.create(owner.id, data.length, { kind: 'users', userIds: [owner.id] });
+      // A partial chunk, then a piece holding the rest of it, two whole chunks and a part of
+      // the next (sealed where it lies from an offset), then whole chunks as chunkedBody
+      // yields them, then the short end.
+      async function* shaped() {
+        yield data.subarray(0, 10);
+        yield data.subarray(10, 3 * CHUNK + 7);
+        yield data.subarray(3 * CHUNK + 7, 4 * CHUNK);
+        yield data.subarray(4 * CHUNK);
+      }
+      const done = await files.upload(f, 0, data.length, shaped());
+      expect(done).toMatchObject({ received: data.length, complete: true });
+      expect((await readAll(files.read(done, 0, data.length - 1))).equals(data)).toBe(true);
+      const g = await files.create(owner.id, data.length, { kind: 'users', userIds: [owner.id] });
+      async function* wholeChunks() {
+        for (let at = 0; at < data.length; at += CHUNK) yield data.subarray(at, at + CHUNK);
+      }
+      const again = await files.upload(g, 0, data.length, wholeChunks());
+      expect((await readAll(files.read(again, 0, data.length - 1))).equals(data)).toBe(true);
+    });
+
     it('fails with FILE_CORRUPT when chunks are swapped where they are stored', async () => {
       const { b, owner, files } = await setup();
       const data = Buffer.from(randomBytes(2 * CHUNK));

@@ -180,6 +180,8 @@ export class FileStore {
    * off), the whole chunks received so far are stored and the partial chunk is dropped:
    * the upload resumes from the file's `received`. A body longer than `length`, or one
    * that ends early, is INVALID_ARGUMENT (after storing the whole chunks before it).
+   * Each piece of `body` is used only until the next is asked for, so an iterable may
+   * reuse its buffers (chunkedBody does).
    */
   async upload(
     file: StoredFile,
@@ -238,8 +240,9 @@ export class FileStore {
     try {
       let index = start / file.chunkSize;
       let want = chunkLength(layout, index);
-      // One buffer, reused: sealing copies it.
-      const buf = Buffer.allocUnsafe(Math.min(file.chunkSize, length));
+      // Pieces that hold a whole chunk (chunkedBody yields exactly those) are sealed where
+      // they lie; smaller ones are gathered in this buffer first (allocated when needed).
+      let buf: Buffer | undefined;
       let fill = 0;
       let total = 0;
       try {
@@ -253,11 +256,19 @@ export class FileStore {
           total += piece.length;
           let off = 0;
           while (off < piece.length) {
-            const n = Math.min(want - fill, piece.length - off);
-            buf.set(piece.subarray(off, off + n), fill);
-            fill += n;
-            off += n;
-            if (fill === want) {
+            let plain: Uint8Array | undefined;
+            if (fill === 0 && piece.length - off >= want) {
+              plain = piece.subarray(off, off + want);
+              off += want;
+            } else {
+              buf ??= Buffer.allocUnsafe(Math.min(file.chunkSize, length));
+              const n = Math.min(want - fill, piece.length - off);
+              buf.set(piece.subarray(off, off + n), fill);
+              fill += n;
+              off += n;
+              if (fill === want) plain = buf.subarray(0, want);
+            }
+            if (plain !== undefined) {
               // Aligned, so the embedded storage writes it to disk without a copy (@qalqon/fsio);
               // the file's last, shorter chunk too.
               const length = want + CHUNK_OVERHEAD;
@@ -266,7 +277,7 @@ export class FileStore {
               batch.push({
                 index,
                 bytes: want,
-                data: sealChunk(key, layout, index, buf.subarray(0, want), out),
+                data: sealChunk(key, layout, index, plain, out),
               });
               batchBytes += want;
               index++;
