@@ -23,7 +23,7 @@ import { constants as fsConstants, type Stats } from 'node:fs';
 import { type FileHandle, lstat, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { AES256_KEY_LEN, constantTimeEqual, GCM_TAG_LEN, randomBytes } from '@qalqon/crypto';
-import { AlignedPool, DirectFile } from '@qalqon/fsio';
+import { AlignedPool, chunkedBody, DirectFile } from '@qalqon/fsio';
 import { FileStatus, isWireError, OkResponse } from '@qalqon/wire';
 import { ClientError } from './errors.js';
 import {
@@ -54,6 +54,12 @@ export const TRANSFER_ATTEMPTS = 5;
 const RETRY_BASE_MS = 250;
 /** Segments read from the source, hashed and sealed at once (4 MiB of plaintext). */
 const READ_BLOCK_SEGMENTS = 64;
+/**
+ * A download body is read in pieces of this many whole sealed segments (~1 MiB), so each
+ * segment is opened where it lies and the socket's 16 KiB reads cost one promise round per
+ * piece, not one each.
+ */
+const DOWNLOAD_PIECE_BYTES = 16 * FILE_SEALED_SEGMENT_BYTES;
 /** Plaintext bytes a download collects before writing them out. */
 const WRITE_BATCH_BYTES = 4 * 1024 * 1024;
 /** Batches a download may have queued for writing before it stops taking more from the socket. */
@@ -427,7 +433,8 @@ async function fetchSegments(
           );
         }
         try {
-          for await (const chunk of dl.body) {
+          // Read in runs of whole segments, each opened where it lies (@qalqon/fsio chunkedBody).
+          for await (const chunk of chunkedBody(dl.body, DOWNLOAD_PIECE_BYTES)) {
             for (const plain of opener.push(chunk)) {
               // Most pieces are taken synchronously: no promise to wait for.
               const pending = sink(plain);

@@ -14,6 +14,7 @@
 import { createHash, X509Certificate } from 'node:crypto';
 import { type IncomingMessage, request } from 'node:http';
 import { isIP } from 'node:net';
+import type { Readable } from 'node:stream';
 import { connect, type TLSSocket } from 'node:tls';
 import { ErrorResponse, MAX_FRAME_BYTES, WireError, type WireErrorCode, type z } from '@qalqon/wire';
 import WebSocket from 'ws';
@@ -343,7 +344,7 @@ export class ServerConnection {
     status: number;
     contentLength: number | undefined;
     contentRange: string | undefined;
-    body: AsyncIterable<Buffer>;
+    body: Readable;
     close: () => void;
   }> {
     const socket = await connectPinned(this.server, this.pins);

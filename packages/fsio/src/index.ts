@@ -1,3 +1,4 @@
+export { chunkedBody } from './chunked-body.js';
 export {
   AlignedPool,
   alignedBuffer,

@@ -27,6 +27,7 @@
  * logged.
  */
 import { Readable } from 'node:stream';
+import { chunkedBody } from '@qalqon/fsio';
 import {
   FileCreateRequest,
   FileIdParam,
@@ -37,7 +38,6 @@ import {
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { Counter } from 'prom-client';
 import { isServerError } from '../../errors.js';
-import { chunkedBody } from '../../files/chunked-body.js';
 import { type FileServiceLimits, FileStore } from '../../files/file-store.js';
 import { parseContentRange, parseRange } from '../../files/http-ranges.js';
 import type { Kms } from '../../kms/kms.js';
@@ -237,7 +237,7 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
     if (declared !== undefined && Number(declared) !== length) {
       throw new ApiError('BAD_REQUEST', 400, 'the Content-Length does not match the Content-Range');
     }
-    // Read in whole chunks, sealed where they lie (files/chunked-body.ts).
+    // Read in whole chunks, sealed where they lie (@qalqon/fsio chunkedBody).
     const updated = await files.upload(f, range.start, length, chunkedBody(body, f.chunkSize));
     // The body was read to its end: the connection may be reused.
     reply.removeHeader('connection');

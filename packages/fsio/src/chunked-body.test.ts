@@ -67,13 +67,14 @@ describe('chunkedBody', () => {
     expect(maxPaused).toBeGreaterThan(0);
   });
 
-  it('yields the whole chunks that arrived before a failure, then throws it; the partial one is dropped', async () => {
+  it('yields every byte that arrived before a failure, then throws it', async () => {
     const s = new PassThrough();
     const it = chunkedBody(s, 100);
     s.write(Buffer.alloc(250, 1));
     setImmediate(() => s.destroy(new Error('connection reset')));
     const { pieces, error } = await collect(it);
-    expect(pieces.map((p) => p.length)).toEqual([100, 100]);
+    expect(pieces.map((p) => p.length)).toEqual([100, 100, 50]);
+    expect(Buffer.concat(pieces).equals(Buffer.alloc(250, 1))).toBe(true);
     expect((error as Error).message).toBe('connection reset');
   });
 
@@ -83,7 +84,7 @@ describe('chunkedBody', () => {
     s.write(Buffer.alloc(150, 2));
     setImmediate(() => s.destroy());
     const { pieces, error } = await collect(it);
-    expect(pieces.map((p) => p.length)).toEqual([100]);
+    expect(pieces.map((p) => p.length)).toEqual([100, 50]);
     expect((error as { code?: string }).code).toBe('ERR_STREAM_PREMATURE_CLOSE');
   });
 
