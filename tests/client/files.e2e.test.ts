@@ -45,6 +45,7 @@ import {
 import { isWireError } from '@qalqon/wire';
 import { Jimp } from 'jimp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { announceFileForTests } from '../../packages/client/src/client.js';
 import { UPLOAD_PART_BYTES } from '../../packages/client/src/files.js';
 import { FILE_CHUNK_BYTES } from '../../packages/server/src/files/chunk-format.js';
 import { FileStore } from '../../packages/server/src/files/file-store.js';
@@ -343,6 +344,47 @@ describe('end-to-end encrypted files over real TLS with real profiles', () => {
     // sent while she was one stays readable to her (she holds its key).
     expect(isWireError(await rejection(carol.fileStatus(r2.fileId)), 'FILE_NOT_FOUND')).toBe(true);
     expect((await bob.fileStatus(r2.fileId)).complete).toBe(true);
+  });
+
+  it("takes a file's key from its uploader's message, not from another sender who named its id first", async () => {
+    // Carol learns a file's id and key as a channel member, and before its uploader
+    // announces it to Bob, sends Bob a message naming the same id with a key of her own.
+    await alice.createChannel('race');
+    await alice.addChannelMember('race', 'carol');
+    const path = makeFile(3 * S + 11, 'report.pdf');
+    const r = await alice.sendFile({ channel: 'race' }, path);
+    const carols = await drain(carol);
+    expect(carols.messages.map((m) => m.file?.id)).toContain(r.fileId);
+    const forgedKey = Buffer.from(randomBytes(32)).toString('base64');
+    await announceFileForTests(carol, 'bob', r.fileId, { key: forgedKey, name: 'invoice.pdf' });
+    const first = await drain(bob);
+    expect(first.failures).toEqual([]);
+    expect(first.messages.find((m) => m.from === 'carol')?.file).toMatchObject({
+      id: r.fileId,
+      name: 'invoice.pdf',
+    });
+    // Carol's claim alone: the file is Alice's, so Bob has no key for it (and the server
+    // does not let him have the ciphertext yet either).
+    const before = await rejection(bob.getFile(r.fileId, outPath().path));
+    expect(isClientError(before) || isWireError(before), String(before)).toBe(true);
+    // Alice lets Bob in and announces her file to him; her message arrives after Carol's.
+    await alice.addChannelMember('race', 'bob');
+    await announceFileForTests(alice, 'bob', r.fileId);
+    const second = await drain(bob);
+    expect(second.failures).toEqual([]);
+    expect(second.messages.find((m) => m.from === 'alice')?.file).toMatchObject({
+      id: r.fileId,
+      name: 'report.pdf',
+    });
+    const out = outPath();
+    const got = await bob.getFile(r.fileId, out.path);
+    expect(got).toMatchObject({ id: r.fileId, name: 'report.pdf', size: 3 * S + 11 });
+    expect(readFileSync(out.path).equals(readFileSync(path))).toBe(true);
+    expect(
+      Buffer.from(await bob.readFile(r.fileId, S, 10)).equals(readFileSync(path).subarray(S, S + 10)),
+    ).toBe(true);
+    // The server names the uploader; a claim of someone else never supplies the key.
+    expect((await bob.fileStatus(r.fileId)).uploaderId).toBe(alice.userId);
   });
 
   it('resumes an upload cut off mid-stream, from what the server holds', async () => {

@@ -438,9 +438,43 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/**
+ * Tests only (not exported by the package): sends `to` a 1:1 message announcing the file
+ * `fileId` as this profile knows it (from any sender's message), with `override` applied:
+ * what the file's uploader does to announce it again, or, with another key, what a
+ * malicious sender's modified client could send (a message naming another user's file id).
+ */
+export let announceFileForTests: (
+  client: QalqonClient,
+  to: string,
+  fileId: string,
+  override?: Partial<FileRef>,
+) => Promise<{ id: string; sentAt: number; devices: number }>;
+
 export class QalqonClient {
+  static {
+    announceFileForTests = (client, to, fileId, override = {}) => {
+      const row = client.#db.prepare('SELECT * FROM files WHERE file_id = ?').get(fileId) as
+        | FileRow
+        | undefined;
+      if (!row) throw new ClientError('FILE_UNKNOWN', `no message carries a file with the id ${fileId}`);
+      const file: FileRef = {
+        fileId: row.file_id,
+        key: encodeBase64(new Uint8Array(row.key)),
+        name: row.name,
+        size: row.size,
+        mime: row.mime,
+        sha256: Buffer.from(row.sha256).toString('hex'),
+        ...override,
+      };
+      return client.#sendPairwiseContent(to, { text: '', file });
+    };
+  }
+
   readonly #dir: string;
   readonly #db: ClientDatabase;
+  /** Who uploaded each file asked for (FileStatus.uploaderId; fixed for a file's life). */
+  readonly #fileUploaders = new Map<string, string>();
   readonly #meta: Meta;
   readonly #channels: ChannelStore;
   readonly #conn: ServerConnection;
@@ -2250,16 +2284,43 @@ export class QalqonClient {
     };
   }
 
-  /** The key and checks of a file that arrived in (or was sent with) a message; FILE_UNKNOWN otherwise. */
-  #fileSecret(fileId: string): { secret: FileSecret; row: FileRow } {
+  /**
+   * The key and checks of a file that arrived in (or was sent with) a message:
+   * FILE_UNKNOWN otherwise. Several senders' messages may name the same file id (anyone
+   * who learned an id can send one); only the message of the user who uploaded the file
+   * is its own, so the row is chosen by the server's FileStatus.uploaderId (remembered
+   * per id: it never changes). A server that lied about the uploader could only make the
+   * download fail: the key and SHA-256 in the chosen message still bind the content.
+   */
+  async #fileSecret(fileId: string): Promise<{ secret: FileSecret; row: FileRow }> {
     if (!FileId.safeParse(fileId).success) {
       throw new ClientError('INVALID_ARGUMENT', '"fileId" expected 32 lower-case hex digits');
     }
-    const row = this.#db.prepare('SELECT * FROM files WHERE file_id = ?').get(fileId) as FileRow | undefined;
-    if (!row) {
+    const claims = this.#db.prepare('SELECT count(*) AS n FROM files WHERE file_id = ?').get(fileId) as {
+      n: number;
+    };
+    if (claims.n === 0) {
       throw new ClientError(
         'FILE_UNKNOWN',
         `no message in this profile carries a file with the id ${fileId}`,
+      );
+    }
+    let uploaderId = this.#fileUploaders.get(fileId);
+    if (uploaderId === undefined) {
+      await this.#signIn();
+      const st = await this.#conn.request('GET', `/v1/files/${fileId}`, FileStatus);
+      if (st.id !== fileId) throw new ClientError('SERVER_PROTOCOL', 'the server answered for another file');
+      uploaderId = st.uploaderId;
+      if (this.#fileUploaders.size >= 1000) this.#fileUploaders.clear();
+      this.#fileUploaders.set(fileId, uploaderId);
+    }
+    const row = this.#db
+      .prepare('SELECT * FROM files WHERE file_id = ? AND sender_user_id = ?')
+      .get(fileId, uploaderId) as FileRow | undefined;
+    if (!row) {
+      throw new ClientError(
+        'FILE_UNKNOWN',
+        `no message from the user who uploaded file ${fileId} carries it (another sender's message names its id)`,
       );
     }
     return {
@@ -2391,7 +2452,7 @@ export class QalqonClient {
     outPath: string,
     options: { onProgress?: ProgressListener | undefined } = {},
   ): Promise<{ id: string; name: string; size: number; mime: string; sha256: string; path: string }> {
-    const { secret, row } = this.#fileSecret(fileId);
+    const { secret, row } = await this.#fileSecret(fileId);
     try {
       await this.#signIn();
       await downloadFile(this.#conn, secret, outPath, options.onProgress);
@@ -2410,7 +2471,7 @@ export class QalqonClient {
 
   /** Bytes [offset, offset + length) of the file `fileId`, fetching and verifying only the segments that hold them. */
   async readFile(fileId: string, offset: number, length: number): Promise<Uint8Array> {
-    const { secret } = this.#fileSecret(fileId);
+    const { secret } = await this.#fileSecret(fileId);
     try {
       await this.#signIn();
       return await readFileRange(this.#conn, secret, offset, length);

@@ -57,16 +57,16 @@ function tables(db: Database.Database): string[] {
 }
 
 describe('profile database schema', () => {
-  it('is at version 3 with the channel and file tables', () => {
-    expect(SCHEMA_VERSION).toBe(3);
+  it('is at version 4 with the channel and file tables', () => {
+    expect(SCHEMA_VERSION).toBe(4);
     expect(SCHEMA_STEPS[0]).toBe(SCHEMA_V1);
   });
 
-  it('upgrades a version-1 profile to version 3, keeping every row', () => {
+  it('upgrades a version-1 profile to version 4, keeping every row', () => {
     writeVersion1();
     const db = openDatabase(dir, key, false);
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(3);
+      expect(db.pragma('user_version', { simple: true })).toBe(4);
       expect(tables(db)).toEqual(
         expect.arrayContaining([
           'meta',
@@ -104,7 +104,7 @@ describe('profile database schema', () => {
     // Opening again is a no-op: same version, same rows.
     const again = openDatabase(dir, key, false);
     try {
-      expect(again.pragma('user_version', { simple: true })).toBe(3);
+      expect(again.pragma('user_version', { simple: true })).toBe(4);
       expect(again.prepare('SELECT count(*) AS n FROM channels').get()).toEqual({ n: 1 });
       expect(again.prepare('SELECT count(*) AS n FROM messages').get()).toEqual({ n: 1 });
     } finally {
@@ -116,11 +116,71 @@ describe('profile database schema', () => {
     expect(bytes.includes(Buffer.from('hello from version 1'))).toBe(false);
   });
 
-  it('creates a new profile at version 3 directly', () => {
+  it('creates a new profile at version 4 directly', () => {
     const db = openDatabase(dir, key, true);
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(3);
+      expect(db.pragma('user_version', { simple: true })).toBe(4);
       expect(tables(db)).toEqual(expect.arrayContaining(['messages', 'channels', 'channel_sender_keys']));
+    } finally {
+      db.close();
+    }
+  });
+
+  it('upgrades a version-3 profile to version 4: file keys kept, and one per (file, sender)', () => {
+    const raw = rawOpen();
+    for (const step of SCHEMA_STEPS.slice(0, 3)) raw.exec(step);
+    const row = (fileId: string, sender: string, keyByte: number, thumbnailOf: string | null) => [
+      fileId,
+      sender,
+      'c'.repeat(32),
+      Buffer.alloc(32, keyByte),
+      10,
+      Buffer.alloc(32, 1),
+      'a.png',
+      'image/png',
+      thumbnailOf,
+      null,
+      null,
+    ];
+    const insert =
+      'INSERT INTO files (file_id, sender_user_id, message_id, key, size, sha256, name, mime, thumbnail_of, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)';
+    raw.prepare(insert).run(...row('1'.repeat(32), 'a'.repeat(32), 7, null));
+    raw.prepare(insert).run(...row('2'.repeat(32), 'a'.repeat(32), 8, '1'.repeat(32)));
+    // Version 3: a second sender's claim on the same id was ignored.
+    expect(
+      raw
+        .prepare(insert.replace('INSERT', 'INSERT OR IGNORE'))
+        .run(...row('1'.repeat(32), 'b'.repeat(32), 9, null)).changes,
+    ).toBe(0);
+    raw.pragma('user_version=3');
+    raw.close();
+    const db = openDatabase(dir, key, false);
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(4);
+      const rows = db
+        .prepare('SELECT file_id, sender_user_id, key, thumbnail_of FROM files ORDER BY file_id')
+        .all() as {
+        file_id: string;
+        key: Buffer;
+        thumbnail_of: string | null;
+      }[];
+      expect(rows.map((r) => [r.file_id, r.thumbnail_of, Buffer.from(r.key)[0]])).toEqual([
+        ['1'.repeat(32), null, 7],
+        ['2'.repeat(32), '1'.repeat(32), 8],
+      ]);
+      // Now another sender's claim is a row of its own, and a sender's own second claim is ignored.
+      const ins = db.prepare(insert.replace('INSERT', 'INSERT OR IGNORE'));
+      expect(ins.run(...row('1'.repeat(32), 'b'.repeat(32), 9, null)).changes).toBe(1);
+      expect(ins.run(...row('1'.repeat(32), 'a'.repeat(32), 10, null)).changes).toBe(0);
+      expect(
+        (
+          db
+            .prepare('SELECT key FROM files WHERE file_id = ? AND sender_user_id = ?')
+            .get('1'.repeat(32), 'a'.repeat(32)) as {
+            key: Buffer;
+          }
+        ).key[0],
+      ).toBe(7);
     } finally {
       db.close();
     }
@@ -150,7 +210,7 @@ describe('profile database schema', () => {
   it('refuses a profile of a newer version, without changing it', () => {
     writeVersion1();
     const raw = rawOpen();
-    raw.pragma('user_version=4');
+    raw.pragma('user_version=5');
     raw.close();
     let err: unknown;
     try {
@@ -159,10 +219,10 @@ describe('profile database schema', () => {
       err = e;
     }
     expect(isClientError(err, 'PROFILE_CORRUPT')).toBe(true);
-    expect((err as Error).message).toContain('4');
+    expect((err as Error).message).toContain('5');
     const db = rawOpen();
     try {
-      expect(db.pragma('user_version', { simple: true })).toBe(4);
+      expect(db.pragma('user_version', { simple: true })).toBe(5);
       expect(tables(db)).not.toContain('channels');
     } finally {
       db.close();

@@ -159,11 +159,31 @@ CREATE INDEX files_by_message ON files (sender_user_id, message_id);
 `;
 
 /**
+ * Version 4: a file's key is kept per (file id, sender). Keyed by the file id alone, the
+ * first message to name an id won: anyone who learned a file's id could send a message
+ * naming it with a wrong key before the real one arrived, and the real key was then
+ * ignored. Now every sender's claim is kept (the first per sender: a replayed or later
+ * message of the same sender changes nothing), and a download takes the row of the user
+ * the server says uploaded the file (FileStatus.uploaderId). Rows of version 3 are kept.
+ */
+const SCHEMA_V4 = `
+CREATE TABLE files_v4 (
+  file_id TEXT NOT NULL, sender_user_id TEXT NOT NULL, message_id TEXT NOT NULL,
+  key BLOB NOT NULL, size INTEGER NOT NULL, sha256 BLOB NOT NULL, name TEXT NOT NULL, mime TEXT NOT NULL,
+  thumbnail_of TEXT, width INTEGER, height INTEGER,
+  PRIMARY KEY (file_id, sender_user_id)) STRICT;
+INSERT INTO files_v4 SELECT file_id, sender_user_id, message_id, key, size, sha256, name, mime, thumbnail_of, width, height FROM files;
+DROP TABLE files;
+ALTER TABLE files_v4 RENAME TO files;
+CREATE INDEX files_by_message ON files (sender_user_id, message_id);
+`;
+
+/**
  * The schema as a list of steps: step i takes a database from version i to version i + 1.
  * A new profile runs them all; an existing one the steps it has not had yet, all in one
  * transaction, so an upgrade either completes or leaves the profile as it was.
  */
-export const SCHEMA_STEPS: readonly string[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+export const SCHEMA_STEPS: readonly string[] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 export const SCHEMA_VERSION = SCHEMA_STEPS.length;
 
 export type ClientDatabase = Database.Database;

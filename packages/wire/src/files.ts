@@ -27,7 +27,7 @@
  */
 import { z } from 'zod';
 import { ChannelId } from './channels.js';
-import { Timestamp, UserName } from './primitives.js';
+import { Timestamp, UserId, UserName } from './primitives.js';
 
 /** Server-generated: 32 lower-case hex digits. */
 export const FileId = z.string().regex(/^[0-9a-f]{32}$/, 'expected 32 lower-case hex digits');
@@ -54,6 +54,12 @@ export const FileCreateRequest = z
 
 export const FileStatus = z.strictObject({
   id: FileId,
+  /**
+   * The id of the user who created (uploads) the file. A client takes a file's key only
+   * from a message this user sent: another sender's message naming the same id is not the
+   * file's.
+   */
+  uploaderId: UserId,
   size: z.int().min(1).max(MAX_FILE_BYTES),
   /** Bytes stored so far; resume an upload from here. */
   received: z.int().min(0).max(MAX_FILE_BYTES),

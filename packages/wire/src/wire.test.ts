@@ -130,6 +130,7 @@ describe('FileStatus', () => {
   it('takes a status as a server sends it, and refuses a forged or malformed one', () => {
     const ok = {
       id: 'a'.repeat(32),
+      uploaderId: 'b'.repeat(32),
       size: 5_000_000,
       received: 1_048_576,
       chunkSize: 1_048_547,
@@ -138,8 +139,14 @@ describe('FileStatus', () => {
     };
     expect(FileStatus.parse(ok)).toEqual(ok);
     const { chunkSize: _omitted, ...noChunkSize } = ok;
+    const { uploaderId: _none, ...noUploader } = ok;
     for (const bad of [
       noChunkSize,
+      noUploader,
+      { ...ok, uploaderId: '' },
+      { ...ok, uploaderId: 'B'.repeat(32) },
+      { ...ok, uploaderId: 'b'.repeat(33) },
+      { ...ok, uploaderId: 7 },
       { ...ok, chunkSize: 0 },
       { ...ok, chunkSize: 1.5 },
       { ...ok, chunkSize: '1048576' },

@@ -61,6 +61,7 @@ export const FILE_SWEEP_INTERVAL_MS = 10 * 60_000;
 function fileStatus(f: StoredFile): z.output<typeof WireFileStatus> {
   return {
     id: f.id,
+    uploaderId: f.ownerId,
     size: f.size,
     received: f.received,
     chunkSize: f.chunkSize,
