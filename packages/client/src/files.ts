@@ -52,6 +52,8 @@ export const UPLOAD_PART_BYTES = 256 * 1024 * 1024;
 export const TRANSFER_ATTEMPTS = 5;
 /** The wait before the first retry; doubled for each further one. */
 const RETRY_BASE_MS = 250;
+/** The longest a transfer waits between two attempts, whatever the server asks. */
+const MAX_RETRY_WAIT_MS = 10_000;
 /** Segments read from the source, hashed and sealed at once (4 MiB of plaintext). */
 const READ_BLOCK_SEGMENTS = 64;
 /**
@@ -92,6 +94,17 @@ export interface FileSecret {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/**
+ * How long to wait before attempt `failures` + 1 after `err`: exponential backoff, or the
+ * server's retry-after when it asked for longer (at most MAX_RETRY_WAIT_MS: a server may
+ * not park a transfer indefinitely).
+ */
+function retryDelay(err: unknown, failures: number): number {
+  const backoff = RETRY_BASE_MS * 2 ** (failures - 1);
+  const asked = isWireError(err) ? (err.retryAfterMs ?? 0) : 0;
+  return Math.min(MAX_RETRY_WAIT_MS, Math.max(backoff, asked));
 }
 
 /** Failures worth another attempt: the connection, or a server that is busy or out of step. */
@@ -346,7 +359,7 @@ export async function uploadFile(
         failures = 0;
       } catch (err) {
         if (!retryable(err) || ++failures >= TRANSFER_ATTEMPTS) throw err;
-        await sleep(RETRY_BASE_MS * 2 ** (failures - 1));
+        await sleep(retryDelay(err, failures));
         // Where to go on: what the server holds (it keeps a broken PUT's bytes up to a chunk boundary).
         const st = await conn.request('GET', path, FileStatus);
         if (st.id !== id || st.size !== total || st.received > total) {
@@ -458,7 +471,7 @@ async function fetchSegments(
           : err;
       }
       opener.dropPartial();
-      await sleep(RETRY_BASE_MS * 2 ** (failures - 1));
+      await sleep(retryDelay(err, failures));
     }
   }
 }

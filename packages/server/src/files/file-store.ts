@@ -44,12 +44,22 @@ export interface FileServiceLimits {
   readonly quotaBytesPerUser: number;
   /** An incomplete upload untouched this long is deleted. */
   readonly incompleteTtlMs: number;
+  /**
+   * File content requests (uploads and downloads) one node serves at once. Each holds up
+   * to ~12 MiB of buffers, so this bounds their memory (64: ~0.8 GiB); more are refused
+   * with RATE_LIMITED until one ends.
+   */
+  readonly maxConcurrentTransfers: number;
+  /** Of those, the most one user may have at once (so one user cannot take them all). */
+  readonly maxConcurrentTransfersPerUser: number;
 }
 
 export const DEFAULT_FILE_LIMITS: FileServiceLimits = Object.freeze({
   maxFileBytes: 4 * 1024 ** 3,
   quotaBytesPerUser: 20 * 1024 ** 3,
   incompleteTtlMs: 24 * 3600_000,
+  maxConcurrentTransfers: 64,
+  maxConcurrentTransfersPerUser: 4,
 });
 
 /** The largest `maxFileBytes` a configuration may set (the wire's MAX_FILE_BYTES, 64 GiB). */
@@ -64,6 +74,8 @@ export function checkFileServiceLimits(v: unknown, label = 'files'): FileService
     maxFileBytes: pick('maxFileBytes', 1, MAX_CONFIGURABLE_FILE_BYTES),
     quotaBytesPerUser: pick('quotaBytesPerUser', 0, Number.MAX_SAFE_INTEGER),
     incompleteTtlMs: pick('incompleteTtlMs', 60_000, 365 * 24 * 3600_000),
+    maxConcurrentTransfers: pick('maxConcurrentTransfers', 1, 100_000),
+    maxConcurrentTransfersPerUser: pick('maxConcurrentTransfersPerUser', 1, 100_000),
   };
 }
 

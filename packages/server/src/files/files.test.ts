@@ -18,6 +18,7 @@ import {
   unlinkSync,
   writeSync,
 } from 'node:fs';
+import type { ClientRequest } from 'node:http';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { randomBytes, sha256, xeddsaSign } from '@qalqon/crypto';
@@ -626,5 +627,118 @@ describe('file limits', () => {
       200,
     );
     await createOk(h, alice, 3 * MiB);
+  });
+});
+
+describe('concurrent transfers', () => {
+  let h: Harness;
+  let alice: User;
+  let bob: User;
+  let carol: User;
+  beforeAll(async () => {
+    h = await startHarness({ files: { maxConcurrentTransfers: 2, maxConcurrentTransfersPerUser: 1 } });
+    alice = await makeUser(h, 'alice');
+    bob = await makeUser(h, 'bob');
+    carol = await makeUser(h, 'carol');
+  });
+  afterAll(async () => {
+    await h.close();
+  });
+
+  const active = async () => {
+    const m = /^qalqon_file_transfers_active (\d+)$/m.exec((await http(h, 'GET', '/metrics')).text);
+    return Number(m?.[1]);
+  };
+  const until = async (n: number) => {
+    for (let i = 0; i < 200 && (await active()) !== n; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(await active()).toBe(n);
+  };
+
+  it('refuses transfers over the per-user and the node-wide bound with RATE_LIMITED, until one ends', async () => {
+    // Alice's upload, half sent and held open: her one transfer.
+    const data = Buffer.from(randomBytes(2 * CHUNK));
+    const held = await createOk(h, alice, data.length);
+    let heldRequest: ClientRequest | undefined;
+    const done = new Promise<RawResult>((resolve, reject) => {
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: h.port,
+          method: 'PUT',
+          path: `/v1/files/${held.id}/content`,
+          headers: {
+            authorization: `Bearer ${alice.token}`,
+            'content-type': 'application/octet-stream',
+            'content-length': String(data.length),
+            'content-range': `bytes 0-${data.length - 1}/${data.length}`,
+          },
+          ...tlsOptions(h),
+          agent: false,
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () =>
+            resolve({
+              status: res.statusCode ?? 0,
+              headers: res.headers,
+              body: Buffer.concat(chunks),
+              complete: true,
+            }),
+          );
+        },
+      );
+      req.on('error', reject);
+      req.write(data.subarray(0, CHUNK / 2));
+      heldRequest = req;
+    });
+    await until(1);
+
+    // A second transfer of hers is refused before its body is read, and changes nothing.
+    const other = await createOk(h, alice, 1000);
+    const refused = await put(h, alice, other.id, Buffer.from(randomBytes(1000)), 0);
+    expect([refused.status, errCode(refused)]).toEqual([429, 'RATE_LIMITED']);
+    expect((json(refused) as { error: { retryAfterMs?: number } }).error.retryAfterMs).toBeGreaterThan(0);
+    expect(FileStatus.parse((await status(h, alice, other.id)).json).received).toBe(0);
+
+    // Bob's transfers are his own: an upload, then a download held open (not read).
+    const big = Buffer.from(randomBytes(32 * MiB));
+    const bobs = await uploaded(h, bob, big, { to: ['bob', 'carol'] });
+    await until(1);
+    const slow = request({
+      host: '127.0.0.1',
+      port: h.port,
+      method: 'GET',
+      path: `/v1/files/${bobs}/content`,
+      headers: { authorization: `Bearer ${bob.token}` },
+      ...tlsOptions(h),
+      agent: false,
+    });
+    slow.on('response', (res) => res.pause());
+    slow.on('error', () => undefined);
+    slow.end();
+    await until(2);
+
+    // The node serves two at once: Carol is refused, though she has none.
+    const busy = await get(h, carol, bobs, 'bytes=0-9');
+    expect([busy.status, errCode(busy)]).toEqual([429, 'RATE_LIMITED']);
+    expect((await http(h, 'GET', '/metrics')).text).toContain(
+      'qalqon_file_refusals_total{code="RATE_LIMITED"} 2',
+    );
+
+    // Bob's reader goes away: his slot comes back, and Carol's download goes through.
+    slow.destroy();
+    await until(1);
+    const fine = await get(h, carol, bobs, 'bytes=5-9');
+    expect(fine.status).toBe(206);
+    expect(fine.body.equals(big.subarray(5, 10))).toBe(true);
+
+    // Alice's held upload completes; then her other upload is accepted.
+    heldRequest!.end(data.subarray(CHUNK / 2));
+    const r = await done;
+    expect(r.status).toBe(200);
+    await until(0);
+    const again = await put(h, alice, other.id, Buffer.from(randomBytes(1000)), 0);
+    expect(again.status).toBe(200);
   });
 });

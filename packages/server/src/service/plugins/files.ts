@@ -21,6 +21,10 @@
  * the body has been read to its end, a refusal closes the connection instead of draining
  * an unread body of up to the file's size.
  *
+ * Content requests (upload and download) hold a transfer slot for as long as they run
+ * (files/transfer-slots.ts): over the node's bounds, in all or per user, they get
+ * RATE_LIMITED with a retry-after before a byte is read or sent.
+ *
  * Download (`GET .../content`): the first chunk needed is decrypted before the status line
  * is sent, so a corrupt first chunk is a clean FILE_CORRUPT error; a later corrupt chunk
  * aborts the response mid-stream (the connection is reset, never a wrong byte sent) and is
@@ -36,10 +40,11 @@ import {
   type z,
 } from '@qalqon/wire';
 import type { FastifyInstance, FastifyReply } from 'fastify';
-import { Counter } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
 import { isServerError } from '../../errors.js';
 import { type FileServiceLimits, FileStore } from '../../files/file-store.js';
 import { parseContentRange, parseRange } from '../../files/http-ranges.js';
+import { TransferSlots } from '../../files/transfer-slots.js';
 import type { Kms } from '../../kms/kms.js';
 import type { FileRecipients, StoredFile } from '../../storage/types.js';
 import { ApiError } from '../api-error.js';
@@ -93,7 +98,7 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
   });
   const refusals = new Counter({
     name: 'qalqon_file_refusals_total',
-    help: 'File creations refused for size or quota',
+    help: 'File creations refused for size or quota, and transfers refused for concurrency (RATE_LIMITED)',
     labelNames: ['code'],
     registers,
   });
@@ -104,6 +109,27 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
     clock: ctx.clock,
     onBytes: (direction, bytes) => (direction === 'uploaded' ? uploaded : downloaded).inc(bytes),
   });
+  const slots = new TransferSlots(
+    files.limits.maxConcurrentTransfers,
+    files.limits.maxConcurrentTransfersPerUser,
+  );
+  new Gauge({
+    name: 'qalqon_file_transfers_active',
+    help: 'File uploads and downloads being served',
+    registers,
+    collect() {
+      this.set(slots.active);
+    },
+  });
+  /** A transfer slot for this user, or RATE_LIMITED (counted). */
+  const slotFor = (userId: string) => {
+    try {
+      return slots.acquire(userId);
+    } catch (err) {
+      refusals.inc({ code: 'RATE_LIMITED' });
+      throw err;
+    }
+  };
 
   const sweep = setInterval(() => {
     files.purgeIncomplete().catch(() => ctx.log('files: purging incomplete uploads failed'));
@@ -238,8 +264,14 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
     if (declared !== undefined && Number(declared) !== length) {
       throw new ApiError('BAD_REQUEST', 400, 'the Content-Length does not match the Content-Range');
     }
-    // Read in whole chunks, sealed where they lie (@qalqon/fsio chunkedBody).
-    const updated = await files.upload(f, range.start, length, chunkedBody(body, f.chunkSize));
+    const release = slotFor(me.userId);
+    let updated: StoredFile;
+    try {
+      // Read in whole chunks, sealed where they lie (@qalqon/fsio chunkedBody).
+      updated = await files.upload(f, range.start, length, chunkedBody(body, f.chunkSize));
+    } finally {
+      release();
+    }
     // The body was read to its end: the connection may be reused.
     reply.removeHeader('connection');
     return fileStatus(updated);
@@ -258,11 +290,15 @@ export async function filesPlugin(app: FastifyInstance, opts: FilesPluginOptions
     }
     const start = range.kind === 'partial' ? range.start : 0;
     const end = range.kind === 'partial' ? range.end : f.size - 1;
+    // Held until the response ends or its connection closes.
+    const release = slotFor(me.userId);
+    reply.raw.once('close', release);
     const chunks = files.read(f, start, end);
     let first: IteratorResult<Buffer, void>;
     try {
       first = await chunks.next();
     } catch (err) {
+      release();
       if (isServerError(err, 'FILE_CORRUPT')) ctx.log(`files: ${err.message}`);
       throw err;
     }
