@@ -367,8 +367,17 @@ describe('end-to-end encrypted files over real TLS with real profiles', () => {
     // does not let him have the ciphertext yet either).
     const before = await rejection(bob.getFile(r.fileId, outPath().path));
     expect(isClientError(before) || isWireError(before), String(before)).toBe(true);
-    // Alice lets Bob in and announces her file to him; her message arrives after Carol's.
+    // Alice lets Bob in: the server now lets him read the file and names Alice as its
+    // uploader, but the only claim he holds is Carol's. Refused by its code before any
+    // content is fetched (Carol's key is never tried), and nothing is written.
     await alice.addChannelMember('race', 'bob');
+    relay.requests.length = 0;
+    const claimOnly = outPath();
+    const refused = await rejection(bob.getFile(r.fileId, claimOnly.path));
+    expect(isClientError(refused, 'FILE_UNKNOWN'), String(refused)).toBe(true);
+    expect(relay.requests.some((l) => l.startsWith(`GET /v1/files/${r.fileId}/content`))).toBe(false);
+    expect(readdirSync(claimOnly.dir)).toEqual([]);
+    // Alice announces her file to him; her message arrives after Carol's.
     await announceFileForTests(alice, 'bob', r.fileId);
     const second = await drain(bob);
     expect(second.failures).toEqual([]);
