@@ -45,13 +45,15 @@ import {
 import { isWireError } from '@qalqon/wire';
 import { Jimp } from 'jimp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { announceFileForTests } from '../../packages/client/src/client.js';
 import { UPLOAD_PART_BYTES } from '../../packages/client/src/files.js';
+import { testHooks } from '../../packages/client/src/test-hooks.js';
 import { FILE_CHUNK_BYTES } from '../../packages/server/src/files/chunk-format.js';
 import { FileStore } from '../../packages/server/src/files/file-store.js';
 import { type Harness, startHarness } from '../../packages/server/src/service/harness.test-util.js';
 
 const S = FILE_SEGMENT_BYTES;
+const announceFile: NonNullable<typeof testHooks.announceFile> = (...args) =>
+  testHooks.announceFile!(...args);
 const PASSPHRASE = 'files e2e passphrase';
 
 let h: Harness;
@@ -356,7 +358,7 @@ describe('end-to-end encrypted files over real TLS with real profiles', () => {
     const carols = await drain(carol);
     expect(carols.messages.map((m) => m.file?.id)).toContain(r.fileId);
     const forgedKey = Buffer.from(randomBytes(32)).toString('base64');
-    await announceFileForTests(carol, 'bob', r.fileId, { key: forgedKey, name: 'invoice.pdf' });
+    await announceFile(carol, 'bob', r.fileId, { key: forgedKey, name: 'invoice.pdf' });
     const first = await drain(bob);
     expect(first.failures).toEqual([]);
     expect(first.messages.find((m) => m.from === 'carol')?.file).toMatchObject({
@@ -378,7 +380,7 @@ describe('end-to-end encrypted files over real TLS with real profiles', () => {
     expect(relay.requests.some((l) => l.startsWith(`GET /v1/files/${r.fileId}/content`))).toBe(false);
     expect(readdirSync(claimOnly.dir)).toEqual([]);
     // Alice announces her file to him; her message arrives after Carol's.
-    await announceFileForTests(alice, 'bob', r.fileId);
+    await announceFile(alice, 'bob', r.fileId);
     const second = await drain(bob);
     expect(second.failures).toEqual([]);
     expect(second.messages.find((m) => m.from === 'alice')?.file).toMatchObject({

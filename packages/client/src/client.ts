@@ -155,6 +155,7 @@ import {
   SETTINGS_FILE,
   writeSettings,
 } from './store.js';
+import { testHooks } from './test-hooks.js';
 import { checkPin, parseServerUrl, ServerConnection } from './transport.js';
 
 /** One-time prekeys a device keeps on the server; topped up when the server says it is low. */
@@ -438,22 +439,9 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/**
- * Tests only (not exported by the package): sends `to` a 1:1 message announcing the file
- * `fileId` as this profile knows it (from any sender's message), with `override` applied:
- * what the file's uploader does to announce it again, or, with another key, what a
- * malicious sender's modified client could send (a message naming another user's file id).
- */
-export let announceFileForTests: (
-  client: QalqonClient,
-  to: string,
-  fileId: string,
-  override?: Partial<FileRef>,
-) => Promise<{ id: string; sentAt: number; devices: number }>;
-
 export class QalqonClient {
   static {
-    announceFileForTests = (client, to, fileId, override = {}) => {
+    testHooks.announceFile = (client, to, fileId, override = {}) => {
       const row = client.#db.prepare('SELECT * FROM files WHERE file_id = ?').get(fileId) as
         | FileRow
         | undefined;
