@@ -198,6 +198,10 @@ describe('files over HTTPS', () => {
     const r = await put(h, alice, f.id, data, 0);
     expect(r.status).toBe(200);
     expect(FileStatus.parse(json(r))).toMatchObject({ received: data.length, complete: true });
+    // Every status names the uploader (by user id), to the uploader and to a recipient alike.
+    expect(f.uploaderId).toBe(alice.userId);
+    expect(FileStatus.parse(json(r)).uploaderId).toBe(alice.userId);
+    expect(FileStatus.parse((await status(h, bob, f.id)).json).uploaderId).toBe(alice.userId);
     const d = await get(h, bob, f.id);
     expect(d.status).toBe(200);
     expect(d.headers['content-length']).toBe(String(data.length));
