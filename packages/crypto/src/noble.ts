@@ -36,6 +36,7 @@ import {
   abytesArray,
   aint,
   aoptionalBytes,
+  checkGcmEncrypt,
   checkGcmEncryptInto,
   HKDF_SHA256_MAX_LEN,
   MAX_OUTPUT_LEN,
@@ -162,10 +163,7 @@ function aes256GcmEncrypt(
   plaintext: Uint8Array,
   aad?: Uint8Array,
 ): Uint8Array {
-  abytes('key', key, AES256_KEY_LEN);
-  abytes('nonce', nonce, GCM_NONCE_LEN);
-  abytes('plaintext', plaintext);
-  aoptionalBytes('aad', aad);
+  checkGcmEncrypt(key, nonce, plaintext, aad);
   return gcm(key, nonce, aad).encrypt(plaintext);
 }
 

@@ -50,6 +50,7 @@ import {
   abytesArray,
   aint,
   aoptionalBytes,
+  checkGcmEncrypt,
   checkGcmEncryptInto,
   HKDF_SHA256_MAX_LEN,
   MAX_OUTPUT_LEN,
@@ -313,17 +314,9 @@ function aes256GcmEncrypt(
   plaintext: Uint8Array,
   aad?: Uint8Array,
 ): Uint8Array {
-  abytes('key', key, AES256_KEY_LEN);
-  abytes('nonce', nonce, GCM_NONCE_LEN);
-  abytes('plaintext', plaintext);
-  aoptionalBytes('aad', aad);
-  const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: GCM_TAG_LEN });
-  if (aad !== undefined && aad.length > 0) cipher.setAAD(aad);
+  checkGcmEncrypt(key, nonce, plaintext, aad);
   const out = Buffer.allocUnsafeSlow(plaintext.length + GCM_TAG_LEN);
-  // GCM is a stream mode: `update` returns exactly as many bytes as it is given.
-  cipher.update(plaintext).copy(out, 0);
-  cipher.final();
-  cipher.getAuthTag().copy(out, plaintext.length);
+  gcmSealInto(key, nonce, plaintext, aad, out);
   return view(out);
 }
 
@@ -335,6 +328,17 @@ function aes256GcmEncryptInto(
   out: Uint8Array,
 ): void {
   checkGcmEncryptInto(key, nonce, plaintext, aad, out);
+  gcmSealInto(key, nonce, plaintext, aad, out);
+}
+
+/** Seals into `out` (plaintext.length + 16 bytes); the arguments are checked by the caller. */
+function gcmSealInto(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array | undefined,
+  out: Uint8Array,
+): void {
   const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: GCM_TAG_LEN });
   if (aad !== undefined && aad.length > 0) cipher.setAAD(aad);
   // node:crypto always returns new memory from `update`: one copy, but no second allocation.

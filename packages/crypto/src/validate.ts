@@ -90,6 +90,19 @@ export function anoOverlap(outLabel: string, out: Uint8Array, inLabel: string, i
   }
 }
 
+/** The arguments of aes256GcmEncrypt, checked alike by both backends. */
+export function checkGcmEncrypt(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  plaintext: Uint8Array,
+  aad: Uint8Array | undefined,
+): void {
+  abytes('key', key, AES256_KEY_LEN);
+  abytes('nonce', nonce, GCM_NONCE_LEN);
+  abytes('plaintext', plaintext);
+  aoptionalBytes('aad', aad);
+}
+
 /** The arguments of aes256GcmEncryptInto, checked alike by both backends. */
 export function checkGcmEncryptInto(
   key: Uint8Array,
@@ -98,10 +111,7 @@ export function checkGcmEncryptInto(
   aad: Uint8Array | undefined,
   out: Uint8Array,
 ): void {
-  abytes('key', key, AES256_KEY_LEN);
-  abytes('nonce', nonce, GCM_NONCE_LEN);
-  abytes('plaintext', plaintext);
-  aoptionalBytes('aad', aad);
+  checkGcmEncrypt(key, nonce, plaintext, aad);
   abytes('out', out, plaintext.length + GCM_TAG_LEN);
   anoOverlap('out', out, 'plaintext', plaintext);
 }
