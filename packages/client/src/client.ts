@@ -2277,17 +2277,15 @@ export class QalqonClient {
    * FILE_UNKNOWN otherwise. Several senders' messages may name the same file id (anyone
    * who learned an id can send one); only the message of the user who uploaded the file
    * is its own, so the row is chosen by the server's FileStatus.uploaderId (remembered
-   * per id: it never changes). A server that lied about the uploader could only make the
-   * download fail: the key and SHA-256 in the chosen message still bind the content.
+   * per id: it never changes). What a lying server can do with that is in SECURITY.md
+   * (Files): never make the client accept bytes that no message's key and SHA-256 bind.
    */
   async #fileSecret(fileId: string): Promise<{ secret: FileSecret; row: FileRow }> {
     if (!FileId.safeParse(fileId).success) {
       throw new ClientError('INVALID_ARGUMENT', '"fileId" expected 32 lower-case hex digits');
     }
-    const claims = this.#db.prepare('SELECT count(*) AS n FROM files WHERE file_id = ?').get(fileId) as {
-      n: number;
-    };
-    if (claims.n === 0) {
+    const claims = this.#db.prepare('SELECT * FROM files WHERE file_id = ?').all(fileId) as FileRow[];
+    if (claims.length === 0) {
       throw new ClientError(
         'FILE_UNKNOWN',
         `no message in this profile carries a file with the id ${fileId}`,
@@ -2295,16 +2293,13 @@ export class QalqonClient {
     }
     let uploaderId = this.#fileUploaders.get(fileId);
     if (uploaderId === undefined) {
-      await this.#signIn();
-      const st = await this.#conn.request('GET', `/v1/files/${fileId}`, FileStatus);
+      const st = await this.fileStatus(fileId);
       if (st.id !== fileId) throw new ClientError('SERVER_PROTOCOL', 'the server answered for another file');
       uploaderId = st.uploaderId;
       if (this.#fileUploaders.size >= 1000) this.#fileUploaders.clear();
       this.#fileUploaders.set(fileId, uploaderId);
     }
-    const row = this.#db
-      .prepare('SELECT * FROM files WHERE file_id = ? AND sender_user_id = ?')
-      .get(fileId, uploaderId) as FileRow | undefined;
+    const row = claims.find((c) => c.sender_user_id === uploaderId);
     if (!row) {
       throw new ClientError(
         'FILE_UNKNOWN',

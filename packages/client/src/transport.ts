@@ -181,10 +181,10 @@ function wireErrorFrom(status: number, text: string): WireError {
   });
 }
 
-/** HTTPS and WebSocket access to one server through pinned connections. */
 /** Body pieces an upload hands to the socket before waiting for the first of them to be written. */
 export const UPLOAD_WRITES_IN_FLIGHT = 2;
 
+/** HTTPS and WebSocket access to one server through pinned connections. */
 export class ServerConnection {
   token: string | undefined;
 
