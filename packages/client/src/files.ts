@@ -53,7 +53,7 @@ export const TRANSFER_ATTEMPTS = 5;
 /** The wait before the first retry; doubled for each further one. */
 const RETRY_BASE_MS = 250;
 /** The longest a transfer waits between two attempts, whatever the server asks. */
-const MAX_RETRY_WAIT_MS = 10_000;
+export const MAX_RETRY_WAIT_MS = 10_000;
 /** Segments read from the source, hashed and sealed at once (4 MiB of plaintext). */
 const READ_BLOCK_SEGMENTS = 64;
 /**
@@ -101,7 +101,7 @@ function sleep(ms: number): Promise<void> {
  * server's retry-after when it asked for longer (at most MAX_RETRY_WAIT_MS: a server may
  * not park a transfer indefinitely).
  */
-function retryDelay(err: unknown, failures: number): number {
+export function retryDelay(err: unknown, failures: number): number {
   const backoff = RETRY_BASE_MS * 2 ** (failures - 1);
   const asked = isWireError(err) ? (err.retryAfterMs ?? 0) : 0;
   return Math.min(MAX_RETRY_WAIT_MS, Math.max(backoff, asked));

@@ -20,7 +20,14 @@ import { newId } from '../storage/sealed-rows.js';
 import { openSqlcipher } from '../storage/sqlcipher.js';
 import type { Storage } from '../storage/types.js';
 import { CHUNK_OVERHEAD, FILE_CHUNK_BYTES } from './chunk-format.js';
-import { FileStore, fileKeyContext, fileKeyVersions, rewrapFileKeys } from './file-store.js';
+import {
+  checkFileServiceLimits,
+  DEFAULT_FILE_LIMITS,
+  FileStore,
+  fileKeyContext,
+  fileKeyVersions,
+  rewrapFileKeys,
+} from './file-store.js';
 
 const CHUNK = FILE_CHUNK_BYTES;
 const ADMIN_URL = process.env.QALQON_TEST_POSTGRES_URL ?? 'postgresql://postgres@127.0.0.1:5432/test';
@@ -303,3 +310,40 @@ for (const [backendName, make] of Object.entries(BACKENDS)) {
     });
   });
 }
+
+describe('file limits of config.json', () => {
+  it('completes a partial object with the defaults and keeps what is given', () => {
+    expect(checkFileServiceLimits(undefined)).toEqual(DEFAULT_FILE_LIMITS);
+    expect(checkFileServiceLimits({ maxConcurrentTransfers: 8, maxConcurrentTransfersPerUser: 2 })).toEqual({
+      ...DEFAULT_FILE_LIMITS,
+      maxConcurrentTransfers: 8,
+      maxConcurrentTransfersPerUser: 2,
+    });
+  });
+
+  it('refuses malformed, out-of-range and mistyped settings with INVALID_ARGUMENT, naming the field', () => {
+    const bad: [Record<string, unknown> | unknown, RegExp][] = [
+      ['not an object', /files/],
+      [[], /files/],
+      [{ maxConcurrentTransfers: 0 }, /files\.maxConcurrentTransfers/],
+      [{ maxConcurrentTransfers: 1.5 }, /files\.maxConcurrentTransfers/],
+      [{ maxConcurrentTransfers: '64' }, /files\.maxConcurrentTransfers/],
+      [{ maxConcurrentTransfers: 100_001 }, /files\.maxConcurrentTransfers/],
+      [{ maxConcurrentTransfersPerUser: -1 }, /files\.maxConcurrentTransfersPerUser/],
+      [{ maxConcurrentTransfersPerUser: Number.POSITIVE_INFINITY }, /files\.maxConcurrentTransfersPerUser/],
+      [{ maxFileBytes: 64 * 1024 ** 3 + 1 }, /files\.maxFileBytes/],
+      [{ incompleteTtlMs: 1000 }, /files\.incompleteTtlMs/],
+    ];
+    for (const [v, field] of bad) {
+      let err: unknown;
+      try {
+        checkFileServiceLimits(v);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, JSON.stringify(v)).toBeInstanceOf(ServerError);
+      expect((err as ServerError).code).toBe('INVALID_ARGUMENT');
+      expect((err as Error).message).toMatch(field);
+    }
+  });
+});
